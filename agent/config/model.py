@@ -1,0 +1,89 @@
+"""The validated configuration: frozen, typed, built once at the edge by `agent.config.load`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    ae_title: str
+    spool_dir: Path
+    control_socket: Path
+    uid_root: str | None = None  # None: 2.25 UUID-derived UIDs
+    listen_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Equipment:
+    manufacturer: str
+    model_name: str
+    device_serial_number: str
+    station_name: str
+    institution_name: str
+    software_versions: str
+    institution_address: str = ""
+    department_name: str = ""
+
+
+@dataclass(frozen=True)
+class HardwareSettings:
+    driver: str  # "mock", "serial-shm", "directory"
+    options: dict[str, Any] = field(default_factory=dict)  # the driver's own keys
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = False
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote DICOM application entity."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: TlsSettings | None = None
+    connect_timeout_s: float = 10.0
+    dimse_timeout_s: float = 30.0
+    acse_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Destination(Peer):
+    """An archive the agent delivers to (SPEC §6)."""
+
+    name: str = ""
+    transfer_syntaxes: tuple[str, ...] = ()  # UIDs, in order of preference
+    storage_commitment: bool = False
+    send_while_scanning: bool = True
+    default: bool = False
+    max_pdu: int = 131072
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path  # the file it was read from, for messages
+    agent: AgentSettings
+    equipment: Equipment
+    hardware: HardwareSettings
+    destinations: tuple[Destination, ...]
+    worklist: Peer | None = None
+    mpps: Peer | None = None
+
+    def destination(self, name: str) -> Destination:
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    @property
+    def default_destinations(self) -> tuple[Destination, ...]:
+        return tuple(d for d in self.destinations if d.default)

@@ -1,0 +1,43 @@
+"""The exam: who is scanned, for which procedure, under which token, sent where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+
+@dataclass(frozen=True)
+class Patient:
+    name: str  # DICOM PN, e.g. "DOE^JANE"
+    id: str
+    birth_date: date | None = None
+    sex: str = ""  # "M", "F", "O" or "" (unknown)
+    issuer_of_id: str = ""
+
+
+@dataclass(frozen=True)
+class Procedure:
+    """The requested procedure, from the worklist item or entered by hand."""
+
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    requested_procedure_description: str = ""
+    scheduled_procedure_step_id: str = ""
+    referring_physician: str = ""
+    study_instance_uid: str | None = None  # the worklist's, when it gives one
+    unscheduled: bool = True
+
+
+@dataclass(frozen=True)
+class Exam:
+    """One open procedure. All its series share `study_instance_uid`."""
+
+    token: str  # handed to the hardware; every series start carries it back
+    patient: Patient
+    procedure: Procedure
+    study_instance_uid: str
+    study_id: str  # Study ID (SH, at most 16 characters)
+    started: datetime  # timezone-aware; Study Date/Time
+    frame_of_reference_uid: str  # one per exam unless the patient moved
+    operator: str = ""
+    destinations: tuple[str, ...] = field(default_factory=tuple)
