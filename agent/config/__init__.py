@@ -1,0 +1,26 @@
+"""Configuration: one TOML file, validated once at the edge into frozen typed objects."""
+
+from agent.config.load import ConfigError, Problem, from_mapping, load
+from agent.config.model import (
+    AgentSettings,
+    Config,
+    Destination,
+    Equipment,
+    HardwareSettings,
+    Peer,
+    TlsSettings,
+)
+
+__all__ = [
+    "AgentSettings",
+    "Config",
+    "ConfigError",
+    "Destination",
+    "Equipment",
+    "HardwareSettings",
+    "Peer",
+    "Problem",
+    "TlsSettings",
+    "from_mapping",
+    "load",
+]

@@ -1,0 +1,130 @@
+"""The config file's schema: one JSON Schema (draft 2020-12) for every key, its type and range.
+
+It is the single source for validation here and for the configuration reference later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+AE_TITLE: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 16,
+    # PS3.5 AE: default character repertoire without backslash and control characters
+    "pattern": r"^[\x20-\x5b\x5d-\x7e]*[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*$",
+    "description": "DICOM AE title: 1 to 16 printable ASCII characters, no backslash",
+}
+PORT: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 65535}
+HOST: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255}
+PATH: dict[str, Any] = {"type": "string", "minLength": 1}
+TEXT_LO: dict[str, Any] = {"type": "string", "maxLength": 64}
+SECONDS: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
+
+TLS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "ca_file": {**PATH, "description": "CA bundle that signs the peer's certificate"},
+        "cert_file": {**PATH, "description": "our certificate (mutual TLS)"},
+        "key_file": {**PATH, "description": "our private key (mutual TLS)"},
+        "check_hostname": {"type": "boolean", "default": False},
+    },
+    "required": ["ca_file"],
+    "dependentRequired": {"cert_file": ["key_file"], "key_file": ["cert_file"]},
+}
+
+PEER_PROPERTIES: dict[str, Any] = {
+    "ae_title": AE_TITLE,
+    "host": HOST,
+    "port": PORT,
+    "tls": TLS,
+    "connect_timeout": {**SECONDS, "default": 10},
+    "acse_timeout": {**SECONDS, "default": 30},
+    "dimse_timeout": {**SECONDS, "default": 30},
+}
+PEER: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": PEER_PROPERTIES,
+    "required": ["ae_title", "host", "port"],
+}
+
+DESTINATION: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **PEER_PROPERTIES,
+        "name": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": r"^[A-Za-z0-9_.-]+$"},
+        "transfer_syntaxes": {
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1},
+            "description": "UIDs or pydicom keywords, in order of preference",
+        },
+        "storage_commitment": {"type": "boolean", "default": False},
+        "send_while_scanning": {"type": "boolean", "default": True},
+        "default": {"type": "boolean", "default": False},
+        "max_pdu": {"type": "integer", "minimum": 4096, "maximum": 4194304, "default": 131072},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 64},
+    },
+    "required": ["name", "ae_title", "host", "port"],
+}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "agent": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "ae_title": AE_TITLE,
+                "spool_dir": PATH,
+                "control_socket": PATH,
+                "uid_root": {
+                    "type": "string",
+                    "pattern": r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$",
+                    "maxLength": 40,
+                    "description": "organisation UID root; leaves room for unique suffixes",
+                },
+                "listen_port": PORT,
+            },
+            "required": ["ae_title", "spool_dir", "control_socket"],
+        },
+        "equipment": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "manufacturer": TEXT_LO,
+                "model_name": TEXT_LO,
+                "device_serial_number": TEXT_LO,
+                "station_name": {"type": "string", "maxLength": 16},
+                "institution_name": TEXT_LO,
+                "institution_address": {"type": "string", "maxLength": 1024},
+                "department_name": TEXT_LO,
+                "software_versions": TEXT_LO,
+            },
+            "required": [
+                "manufacturer",
+                "model_name",
+                "device_serial_number",
+                "station_name",
+                "institution_name",
+                "software_versions",
+            ],
+        },
+        "hardware": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"driver": {"enum": ["mock"]}},
+            "required": ["driver"],
+        },
+        "worklist": PEER,
+        "mpps": PEER,
+        "destinations": {"type": "array", "minItems": 1, "items": DESTINATION},
+    },
+    "required": ["agent", "equipment", "hardware", "destinations"],
+}

@@ -1,0 +1,103 @@
+"""One destination's delivery loop: due instances in acceptance order, in batches over one
+association each, with backoff on a down archive. Destinations never wait for each other."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import Destination
+from agent.net.outcome import Outcome
+from agent.net.retry import Backoff
+from agent.net.sender import Delivery, Outgoing, send_batch
+from agent.spool import Spool, SpooledInstance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SenderStatus:
+    """What the loop knows beyond the spool: for `queue` and the alarms."""
+
+    failures_in_a_row: int = 0
+    hold_until: float | None = None  # wall clock; None when not backing off
+    last_error: str | None = None
+    associations: int = 0
+
+
+class DestinationSender:
+    def __init__(
+        self,
+        calling_ae: str,
+        destination: Destination,
+        spool: Spool,
+        backoff: Backoff | None = None,
+        on_delivery: Callable[[Delivery], None] | None = None,
+    ) -> None:
+        self.calling_ae = calling_ae
+        self.destination = destination
+        self.spool = spool
+        self.backoff = backoff or Backoff()
+        self.status = SenderStatus()
+        self._on_delivery = on_delivery
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """New instances are due (or a person asked to retry now): cut any wait short."""
+        self.status.hold_until = None
+        self._wake.set()
+
+    def run(self, stop: threading.Event, idle_poll_s: float = 1.0) -> None:
+        while not stop.is_set():
+            hold = self.status.hold_until
+            if hold is not None and hold > time.time():
+                self._wait(hold - time.time(), stop)
+                continue
+            if self.send_due() == 0:
+                self._wait(idle_poll_s, stop)
+
+    def _wait(self, seconds: float, stop: threading.Event) -> None:
+        self._wake.wait(max(0.0, seconds))
+        self._wake.clear()
+
+    def send_due(self) -> int:
+        """Send one batch of due instances; return how many were attempted."""
+        due = self.spool.due(self.destination.name, time.time(), self.destination.batch_size)
+        if not due:
+            return 0
+        self.status.associations += 1
+        results = send_batch(self.calling_ae, self.destination, [_outgoing(self.spool, i) for i in due])
+        self._record(results)
+        return len(results)
+
+    def _record(self, results: list[Delivery]) -> None:
+        name = self.destination.name
+        ok = [r.sop_instance_uid for r in results if r.verdict.outcome is Outcome.OK]
+        if ok:
+            self.spool.mark_delivered(ok, name)
+        for r in results:
+            if r.verdict.outcome is Outcome.FAIL:
+                self.spool.mark_failed([r.sop_instance_uid], name, r.verdict.reason)
+        retry = [r for r in results if r.verdict.outcome is Outcome.RETRY]
+        if retry:
+            self.status.failures_in_a_row += 1
+            delay = self.backoff.delay(self.status.failures_in_a_row)
+            self.status.hold_until = time.time() + delay
+            self.status.last_error = retry[0].verdict.reason
+            uids = [r.sop_instance_uid for r in retry]
+            self.spool.mark_retry(uids, name, retry[0].verdict.reason, self.status.hold_until)
+            log.warning("%s: %s; next attempt in %.1f s", name, retry[0].verdict.reason, delay)
+        elif ok:
+            self.status.failures_in_a_row = 0
+            self.status.last_error = None
+        if self._on_delivery is not None:
+            for r in results:
+                self._on_delivery(r)
+
+
+def _outgoing(spool: Spool, item: SpooledInstance) -> Outgoing:
+    rec = item.record
+    return Outgoing(rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, spool.path(item))

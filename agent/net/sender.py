@@ -1,0 +1,86 @@
+"""Deliver a batch of spooled instances to one destination over one association."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom.association import Association
+
+from agent.config import Destination
+from agent.dicom import codecs, files
+from agent.net.association import open_association
+from agent.net.contexts import best_accepted, proposed_contexts, usable_syntaxes
+from agent.net.outcome import Outcome, Verdict, store_verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One spooled instance to send."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str  # as stored
+    path: Path
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one instance."""
+
+    sop_instance_uid: str
+    verdict: Verdict
+    transfer_syntax_uid: str | None = None  # what it was sent in
+
+
+def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) -> list[Delivery]:
+    """Send `batch` over one association; one `Delivery` per instance, in batch order."""
+    if not batch:
+        return []
+    syntaxes = usable_syntaxes(dest.transfer_syntaxes)
+    if not syntaxes:
+        why = Verdict(Outcome.FAIL, f"none of {dest.name}'s transfer syntaxes can be produced here")
+        return [Delivery(o.sop_instance_uid, why) for o in batch]
+    contexts = proposed_contexts((o.sop_class_uid for o in batch), syntaxes)
+    opened = open_association(calling_ae, dest, contexts, dest.max_pdu)
+    if opened.assoc is None:
+        assert opened.verdict is not None
+        log.warning("%s: %s", dest.name, opened.verdict.reason)
+        return [Delivery(o.sop_instance_uid, opened.verdict) for o in batch]
+    assoc = opened.assoc
+    results: list[Delivery] = []
+    try:
+        for item in batch:
+            if not assoc.is_established:
+                lost = Verdict(Outcome.RETRY, "association lost before this instance was sent")
+                results.append(Delivery(item.sop_instance_uid, lost))
+                continue
+            results.append(_store_one(assoc, item, syntaxes))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+def _store_one(assoc: Association, item: Outgoing, syntaxes: Sequence[str]) -> Delivery:
+    ts = best_accepted(assoc, item.sop_class_uid, syntaxes)
+    if ts is None:
+        why = Verdict(Outcome.FAIL, f"the archive accepted no context for SOP class {item.sop_class_uid}")
+        return Delivery(item.sop_instance_uid, why)
+    try:
+        ds = files.decode(item.path)
+        if ts != item.transfer_syntax_uid:
+            ds = codecs.transcode(ds, ts)
+    except (OSError, codecs.CodecError, ValueError) as e:
+        why = Verdict(Outcome.FAIL, f"cannot prepare the instance: {e}")
+        return Delivery(item.sop_instance_uid, why)
+    status = assoc.send_c_store(ds)
+    code = int(status.Status) if status and "Status" in status else None
+    verdict = store_verdict(code)
+    if verdict.outcome is not Outcome.OK or code != 0:
+        log.info("C-STORE %s: %s", item.sop_instance_uid, verdict.reason)
+    return Delivery(item.sop_instance_uid, verdict, ts)

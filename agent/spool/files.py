@@ -1,0 +1,105 @@
+"""Durable file operations: write to a temporary name, fsync, rename, fsync the folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+
+def temp_path(final: Path) -> Path:
+    """A unique hidden temporary name next to `final` (same folder, so rename is atomic)."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder `path` (creations, renames, removals) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dir(path: Path) -> bool:
+    """Create folder `path` (its parent must exist); True when it was created now.
+
+    The caller fsyncs the parent when this returns True.
+    """
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return False
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def write_durable(final: Path, data: bytes) -> None:
+    """Write `data` to `final` so that after return it is on disk under that name.
+
+    Order: temporary file (O_EXCL) in the same folder, write, fsync(file), rename, fsync(folder).
+    Whoever crashes before the rename leaves only a temporary file, which recovery removes; the
+    final name never holds a partial file. os.rename replaces an existing `final`: the caller
+    makes sure that never replaces an accepted file.
+    """
+    tmp = temp_path(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(final.parent)
+
+
+def remove_durable(path: Path) -> None:
+    """Unlink `path` (missing is fine) and fsync its folder."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fsync_dir(path.parent)
+
+
+def move_aside(src: Path, dest_dir: Path) -> Path:
+    """Move `src` into `dest_dir` (same file system) without replacing anything; durable.
+
+    Returns the new path: `dest_dir/<name>`, or `<name>.1`, `<name>.2`... when taken.
+    """
+    if make_dir(dest_dir):
+        fsync_dir(dest_dir.parent)
+    target = dest_dir / src.name
+    n = 0
+    while True:
+        try:
+            # link() fails on an existing name where rename() would silently replace it.
+            os.link(src, target)
+            break
+        except FileExistsError:
+            n += 1
+            target = dest_dir / f"{src.name}.{n}"
+    fsync_dir(dest_dir)
+    os.unlink(src)
+    fsync_dir(src.parent)
+    return target
