@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from agent.config import Destination
 from agent.net.outcome import Outcome
 from agent.net.retry import Backoff
-from agent.net.sender import Delivery, Outgoing, send_batch
+from agent.net.sender import Outgoing, SendResult, send_batch
 from agent.spool import Spool, SpooledInstance
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class DestinationSender:
         destination: Destination,
         spool: Spool,
         backoff: Backoff | None = None,
-        on_delivery: Callable[[Delivery], None] | None = None,
+        on_delivery: Callable[[SendResult], None] | None = None,
     ) -> None:
         self.calling_ae = calling_ae
         self.destination = destination
@@ -69,11 +69,13 @@ class DestinationSender:
         if not due:
             return 0
         self.status.associations += 1
-        results = send_batch(self.calling_ae, self.destination, [_outgoing(self.spool, i) for i in due])
+        results = send_batch(
+            self.calling_ae, self.destination, [_outgoing(self.spool, i) for i in due]
+        )
         self._record(results)
         return len(results)
 
-    def _record(self, results: list[Delivery]) -> None:
+    def _record(self, results: list[SendResult]) -> None:
         name = self.destination.name
         ok = [r.sop_instance_uid for r in results if r.verdict.outcome is Outcome.OK]
         if ok:
@@ -100,4 +102,6 @@ class DestinationSender:
 
 def _outgoing(spool: Spool, item: SpooledInstance) -> Outgoing:
     rec = item.record
-    return Outgoing(rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, spool.path(item))
+    return Outgoing(
+        rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, lambda: spool.read(item)
+    )

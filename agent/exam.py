@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import date, datetime
+
+from agent.dicom.uids import UidFactory
 
 
 @dataclass(frozen=True)
@@ -41,3 +44,27 @@ class Exam:
     frame_of_reference_uid: str  # one per exam unless the patient moved
     operator: str = ""
     destinations: tuple[str, ...] = field(default_factory=tuple)
+
+
+def open_exam(
+    patient: Patient,
+    procedure: Procedure,
+    uids: UidFactory,
+    *,
+    operator: str = "",
+    destinations: tuple[str, ...] = (),
+    now: datetime | None = None,
+) -> Exam:
+    """A new exam: a fresh token, the worklist's Study Instance UID or a new one."""
+    started = now or datetime.now().astimezone()
+    return Exam(
+        token=secrets.token_hex(8),
+        patient=patient,
+        procedure=procedure,
+        study_instance_uid=procedure.study_instance_uid or uids.new(),
+        study_id=started.strftime("%y%m%d%H%M%S"),  # SH: at most 16 characters
+        started=started,
+        frame_of_reference_uid=uids.new(),
+        operator=operator,
+        destinations=destinations,
+    )

@@ -4,7 +4,6 @@ expected; all problems are reported at once."""
 from __future__ import annotations
 
 import difflib
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ from agent.config.model import (
 )
 from agent.config.schema import SCHEMA
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+except ModuleNotFoundError:  # pragma: no cover - Pythons before 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,9 @@ def _expectation(kind: str, schema: Mapping[str, Any]) -> str:
         above = "above" if "exclusiveMinimum" in schema else "from"
         return f"{what} {above} {low} to {high}"
     if kind in ("minLength", "maxLength"):
-        return f"{what} of {schema.get('minLength', 0)} to {schema.get('maxLength', 'any')} characters"
+        return (
+            f"{what} of {schema.get('minLength', 0)} to {schema.get('maxLength', 'any')} characters"
+        )
     if kind in ("minItems", "uniqueItems"):
         return f"{what} with at least {schema.get('minItems', 0)} distinct items"
     return str(what)
@@ -147,7 +148,9 @@ def _relative_to(source: Path, value: str) -> Path:
 def _tls(source: Path, raw: Mapping[str, Any] | None) -> TlsSettings | None:
     if raw is None:
         return None
-    files = {k: _relative_to(source, raw[k]) for k in ("ca_file", "cert_file", "key_file") if k in raw}
+    files = {
+        k: _relative_to(source, raw[k]) for k in ("ca_file", "cert_file", "key_file") if k in raw
+    }
     return TlsSettings(**files, check_hostname=raw.get("check_hostname", False))
 
 
@@ -177,7 +180,9 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
     destinations = []
     for d in raw["destinations"]:
         syntaxes = []
-        for name in d.get("transfer_syntaxes", ["ExplicitVRLittleEndian", "ImplicitVRLittleEndian"]):
+        for name in d.get(
+            "transfer_syntaxes", ["ExplicitVRLittleEndian", "ImplicitVRLittleEndian"]
+        ):
             try:
                 syntaxes.append(resolve(name))
             except ValueError:
@@ -236,10 +241,10 @@ def semantic_problems(config: Config, raw: Mapping[str, Any]) -> list[tuple[str,
                 )
             )
     if not config.default_destinations:
-        found.append(
-            ("destinations", "expected at least one destination with default = true")
-        )
-    peers: list[tuple[str, Peer]] = [(f"destinations[{i}]", d) for i, d in enumerate(config.destinations)]
+        found.append(("destinations", "expected at least one destination with default = true"))
+    peers: list[tuple[str, Peer]] = [
+        (f"destinations[{i}]", d) for i, d in enumerate(config.destinations)
+    ]
     peers += [(k, p) for k, p in (("worklist", config.worklist), ("mpps", config.mpps)) if p]
     for key, peer in peers:
         if peer.tls is None:

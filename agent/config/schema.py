@@ -55,7 +55,12 @@ DESTINATION: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         **PEER_PROPERTIES,
-        "name": {"type": "string", "minLength": 1, "maxLength": 32, "pattern": r"^[A-Za-z0-9_.-]+$"},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 32,
+            "pattern": r"^[A-Za-z0-9_.-]+$",
+        },
         "transfer_syntaxes": {
             "type": "array",
             "minItems": 1,

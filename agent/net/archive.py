@@ -11,13 +11,15 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from agent.dicom.uids import is_valid_uid
 from agent.net.association import set_nodelay
-from agent.spool.files import atomic_write
+from agent.spool import InvalidUID
+from agent.spool.files import fsync_dir, instance_path, make_dir, write_durable
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,13 @@ class Archive:
         ae.require_called_aet = True
         ae.maximum_pdu_size = 0  # no limit: take the sender's largest PDUs
         for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay)]
-        self._server = ae.start_server(
-            (self.host, self.port), block=False, evt_handlers=handlers
-        )
-        self.port = self._server.server_address[1]
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_nodelay)]
+        server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        assert server is not None  # a non-blocking start returns the server
+        self._server = server
+        self.port = server.server_address[1]
         return self
 
     def stop(self) -> None:
@@ -68,14 +71,17 @@ class Archive:
 
     def _on_store(self, event: evt.Event) -> int:
         meta = event.file_meta
-        study = getattr(event.dataset, "StudyInstanceUID", None)
-        sop = str(event.request.AffectedSOPInstanceUID)
-        if not (is_valid_uid(str(study)) and is_valid_uid(sop)):
-            log.warning("refusing an instance with an invalid Study or SOP Instance UID")
+        study = str(getattr(event.dataset, "StudyInstanceUID", ""))
+        sop = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
+        try:  # peer-supplied values become path components only once checked
+            target = instance_path(self.directory, study, sop)
+        except InvalidUID as e:
+            log.warning("refusing an instance: %s", e)
             return STATUS_CANNOT_UNDERSTAND
-        target = self.directory / str(study) / f"{sop}.dcm"
         try:
-            atomic_write(target, event.encoded_dataset(include_meta=True))
+            if make_dir(target.parent):
+                fsync_dir(self.directory)
+            write_durable(target, event.encoded_dataset(include_meta=True))
         except OSError as e:
             log.error("cannot write %s: %s", target, e)
             return STATUS_OUT_OF_RESOURCES

@@ -7,9 +7,11 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext
 
 from agent.config import Peer, TlsSettings
@@ -55,6 +57,7 @@ def open_association(
     ae.dimse_timeout = peer.dimse_timeout_s
     ae.network_timeout = max(peer.dimse_timeout_s, peer.acse_timeout_s)
     seen: dict[str, bool] = {"connected": False, "answered": False}
+    rejection: list[A_ASSOCIATE_RJ] = []
 
     def on_open(event: evt.Event) -> None:
         seen["connected"] = True
@@ -63,32 +66,44 @@ def open_association(
     def on_answer(event: evt.Event) -> None:
         seen["answered"] = True
 
-    tls_args = None
+    def on_pdu(event: evt.Event) -> None:
+        # pynetdicom may report a rejection as an abort when the peer closes the connection
+        # right after its A-ASSOCIATE-RJ; the PDU itself tells what happened.
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejection.append(event.pdu)
+
+    tls_args: tuple[ssl.SSLContext, str] | None = None
     if peer.tls is not None:
         try:
             ctx = client_tls_context(peer.tls)
         except (OSError, ssl.SSLError) as e:
             return Opened(None, Verdict(Outcome.FAIL, f"TLS setup failed: {e}"))
-        tls_args = (ctx, peer.host if peer.tls.check_hostname else None)
+        # no server name (and no SNI) unless the host name is checked: peers are often IPs
+        tls_args = (ctx, cast(str, peer.host if peer.tls.check_hostname else None))
     assoc = ae.associate(
         peer.host,
         peer.port,
         ae_title=peer.ae_title,
         max_pdu=max_pdu,
         tls_args=tls_args,
-        evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACCEPTED, on_answer)],
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, on_open),
+            (evt.EVT_ACCEPTED, on_answer),
+            (evt.EVT_PDU_RECV, on_pdu),
+        ],
     )
     if assoc.is_established:
         return Opened(assoc, None)
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
     if not seen["connected"]:
         return Opened(None, Verdict(Outcome.RETRY, f"cannot connect to {where}"))
-    if assoc.is_rejected:
-        rj = assoc.acceptor.primitive
-        result = getattr(rj, "result", None)
-        detail = f"{getattr(rj, 'result_str', '')}: {getattr(rj, 'reason_str', '')}".strip(": ")
-        if result == 0x01:
-            return Opened(None, Verdict(Outcome.FAIL, f"{where} rejected the association ({detail})"))
+    if rejection:
+        rj = rejection[0]
+        detail = f"{rj.result_str}: {rj.reason_str}"
+        if rj.result == 0x01:
+            return Opened(
+                None, Verdict(Outcome.FAIL, f"{where} rejected the association ({detail})")
+            )
         return Opened(None, Verdict(Outcome.RETRY, f"{where} rejected the association ({detail})"))
     if seen["answered"] and not assoc.accepted_contexts:
         return Opened(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from pynetdicom.association import Association
 
@@ -14,6 +13,7 @@ from agent.dicom import codecs, files
 from agent.net.association import open_association
 from agent.net.contexts import best_accepted, proposed_contexts, usable_syntaxes
 from agent.net.outcome import Outcome, Verdict, store_verdict
+from agent.spool import SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,11 @@ class Outgoing:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str  # as stored
-    path: Path
+    load: Callable[[], bytes]  # the Part 10 bytes, integrity-checked by the spool
 
 
 @dataclass(frozen=True)
-class Delivery:
+class SendResult:
     """What became of one instance."""
 
     sop_instance_uid: str
@@ -37,27 +37,27 @@ class Delivery:
     transfer_syntax_uid: str | None = None  # what it was sent in
 
 
-def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) -> list[Delivery]:
-    """Send `batch` over one association; one `Delivery` per instance, in batch order."""
+def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) -> list[SendResult]:
+    """Send `batch` over one association; one `SendResult` per instance, in batch order."""
     if not batch:
         return []
     syntaxes = usable_syntaxes(dest.transfer_syntaxes)
     if not syntaxes:
         why = Verdict(Outcome.FAIL, f"none of {dest.name}'s transfer syntaxes can be produced here")
-        return [Delivery(o.sop_instance_uid, why) for o in batch]
+        return [SendResult(o.sop_instance_uid, why) for o in batch]
     contexts = proposed_contexts((o.sop_class_uid for o in batch), syntaxes)
     opened = open_association(calling_ae, dest, contexts, dest.max_pdu)
     if opened.assoc is None:
         assert opened.verdict is not None
         log.warning("%s: %s", dest.name, opened.verdict.reason)
-        return [Delivery(o.sop_instance_uid, opened.verdict) for o in batch]
+        return [SendResult(o.sop_instance_uid, opened.verdict) for o in batch]
     assoc = opened.assoc
-    results: list[Delivery] = []
+    results: list[SendResult] = []
     try:
         for item in batch:
             if not assoc.is_established:
                 lost = Verdict(Outcome.RETRY, "association lost before this instance was sent")
-                results.append(Delivery(item.sop_instance_uid, lost))
+                results.append(SendResult(item.sop_instance_uid, lost))
                 continue
             results.append(_store_one(assoc, item, syntaxes))
     finally:
@@ -66,21 +66,29 @@ def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) ->
     return results
 
 
-def _store_one(assoc: Association, item: Outgoing, syntaxes: Sequence[str]) -> Delivery:
+def _store_one(assoc: Association, item: Outgoing, syntaxes: Sequence[str]) -> SendResult:
     ts = best_accepted(assoc, item.sop_class_uid, syntaxes)
     if ts is None:
-        why = Verdict(Outcome.FAIL, f"the archive accepted no context for SOP class {item.sop_class_uid}")
-        return Delivery(item.sop_instance_uid, why)
+        why = Verdict(
+            Outcome.FAIL, f"the archive accepted no context for SOP class {item.sop_class_uid}"
+        )
+        return SendResult(item.sop_instance_uid, why)
     try:
-        ds = files.decode(item.path)
-        if ts != item.transfer_syntax_uid:
-            ds = codecs.transcode(ds, ts)
-    except (OSError, codecs.CodecError, ValueError) as e:
+        # decoded from bytes in the target syntax, so that pynetdicom sees a consistent encoding
+        ds = files.decode(codecs.transcode_bytes(item.load(), ts))
+    except (OSError, codecs.CodecError, SpoolError, ValueError) as e:
         why = Verdict(Outcome.FAIL, f"cannot prepare the instance: {e}")
-        return Delivery(item.sop_instance_uid, why)
-    status = assoc.send_c_store(ds)
+        return SendResult(item.sop_instance_uid, why)
+    try:
+        status = assoc.send_c_store(ds)
+    except RuntimeError:  # the association ended under us (abort, peer closed)
+        lost = Verdict(Outcome.RETRY, "association lost while sending this instance")
+        return SendResult(item.sop_instance_uid, lost)
+    except (AttributeError, ValueError, OSError) as e:  # pynetdicom's "cannot encode" family
+        log.exception("C-STORE of %s could not be sent", item.sop_instance_uid)
+        return SendResult(item.sop_instance_uid, Verdict(Outcome.FAIL, f"cannot send: {e}"))
     code = int(status.Status) if status and "Status" in status else None
     verdict = store_verdict(code)
     if verdict.outcome is not Outcome.OK or code != 0:
         log.info("C-STORE %s: %s", item.sop_instance_uid, verdict.reason)
-    return Delivery(item.sop_instance_uid, verdict, ts)
+    return SendResult(item.sop_instance_uid, verdict, ts)

@@ -7,9 +7,18 @@ import os
 import secrets
 from pathlib import Path
 
+from .model import check_uid
+
+SUFFIX = ".dcm"
 TEMP_SUFFIX = ".tmp"
 FILE_MODE = 0o640
 DIR_MODE = 0o750
+
+
+def instance_path(instances_dir: Path, study_uid: str, sop_uid: str) -> Path:
+    """`instances_dir/<study UID>/<SOP Instance UID>.dcm`; both UIDs are checked here."""
+    study = check_uid(study_uid, "Study Instance UID")
+    return instances_dir / study / (check_uid(sop_uid, "SOP Instance UID") + SUFFIX)
 
 
 def temp_path(final: Path) -> Path:
@@ -42,6 +51,15 @@ def make_dir(path: Path) -> bool:
             raise
         return False
     return True
+
+
+def make_dirs(path: Path) -> None:
+    """Create `path` and any missing parents, fsyncing each new entry's parent."""
+    if path.is_dir():
+        return
+    make_dirs(path.parent)
+    if make_dir(path):
+        fsync_dir(path.parent)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -143,6 +143,7 @@ class DestinationSummary:
 class StudySummary:
     study_instance_uid: str
     images: int  # instances accepted (durable) for the study
+    problems: int  # of which flagged missing or damaged: never sent
     exam_tokens: tuple[str, ...]
     destinations: tuple[DestinationSummary, ...]
 
