@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pydicom.dataset import Dataset
+
 from agent.dicom import files
 from agent.dicom.assembler import Assembler, Series
 from agent.exam import Exam
@@ -23,6 +25,19 @@ class AcquisitionCounts:
     slices_accepted: int = 0
     bad_events: int = 0
     hardware_errors: list[str] = field(default_factory=list)
+
+
+def instance_record(ds: Dataset, exam_token: str | None = None) -> InstanceRecord:
+    """What the spool indexes of an instance."""
+    return InstanceRecord(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        instance_number=int(ds.InstanceNumber),
+        exam_token=exam_token,
+    )
 
 
 class Acquisition:
@@ -77,15 +92,7 @@ class Acquisition:
             log.error("slice %d of unknown series %s ignored", event.index, event.series_key)
             return
         ds = self.assembler.image(series, event)
-        record = InstanceRecord(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            instance_number=int(ds.InstanceNumber),
-            exam_token=series.exam.token,
-        )
+        record = instance_record(ds, series.exam.token)
         spooled = self.spool.accept(record, files.encode(ds), series.exam.destinations)
         self.driver.release(event)
         self.counts.slices_accepted += 1

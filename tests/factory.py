@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from agent.acquisition import instance_record
 from agent.config import Equipment
 from agent.dicom import files
-from agent.dicom.assembler import Assembler
+from agent.dicom.assembler import Assembler, Series
 from agent.dicom.uids import UidFactory
 from agent.exam import Exam, Patient, Procedure, open_exam
-from agent.spool import InstanceRecord, Spool, SpooledInstance
-from hardware.base import ScanRequest, SeriesStart, SliceReady
+from agent.spool import Spool, SpooledInstance
+from hardware.base import ScanRequest, SeriesEnd, SeriesStart, SliceReady
 from hardware.mock import MockDriver
 
 EQUIPMENT = Equipment(
@@ -39,43 +41,57 @@ def exam(destinations: Sequence[str] = ("PACS",)) -> Exam:
     )
 
 
-def ct_images(count: int, the_exam: Exam | None = None) -> list[Dataset]:
-    """`count` CT Image instances of one series from the mock scanner."""
-    the_exam = the_exam or exam()
-    driver = MockDriver()
+@dataclass
+class Acquired:
+    exam: Exam
+    series: list[Series]
+    slices: list[SliceReady]
+    datasets: list[Dataset]
+
+
+def acquire(
+    assembler: Assembler,
+    the_exam: Exam,
+    *,
+    series: int = 2,
+    slices: int = 6,
+    contrast_agent: str | None = None,
+) -> Acquired:
+    """Run the mock scanner for `series` x `slices` and assemble every slice."""
+    driver = MockDriver(contrast_agent=contrast_agent)
     driver.open()
     try:
-        driver.request_scan(ScanRequest(the_exam.token, 1, count))
-        assembler = Assembler(EQUIPMENT, UIDS)
-        out: list[Dataset] = []
-        series = None
-        while len(out) < count:
-            event = driver.read_event(10)
+        driver.request_scan(ScanRequest(the_exam.token, series, slices))
+        out = Acquired(the_exam, [], [], [])
+        by_key: dict[str, Series] = {}
+        ended = 0
+        while ended < series:
+            event = driver.read_event(10.0)
             assert event is not None, "the mock scanner stalled"
             if isinstance(event, SeriesStart):
-                series = assembler.open_series(the_exam, event)
+                by_key[event.series_key] = assembler.open_series(the_exam, event)
+                out.series.append(by_key[event.series_key])
             elif isinstance(event, SliceReady):
-                assert series is not None
-                out.append(assembler.image(series, event))
+                out.slices.append(event)
+                out.datasets.append(assembler.image(by_key[event.series_key], event))
+                driver.release(event)
+            elif isinstance(event, SeriesEnd):
+                ended += 1
         return out
     finally:
         driver.close()
 
 
-def record(ds: Dataset, token: str | None = None) -> InstanceRecord:
-    return InstanceRecord(
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        instance_number=int(ds.InstanceNumber),
-        exam_token=token,
-    )
+def ct_images(count: int, the_exam: Exam | None = None) -> list[Dataset]:
+    """`count` CT Image instances of one series from the mock scanner."""
+    assembler = Assembler(EQUIPMENT, UIDS)
+    return acquire(assembler, the_exam or exam(), series=1, slices=count).datasets
 
 
 def spooled(
     root: Path, datasets: Sequence[Dataset], destinations: Sequence[str] = ("PACS",)
 ) -> tuple[Spool, list[SpooledInstance]]:
     spool = Spool(root)
-    return spool, [spool.accept(record(ds), files.encode(ds), destinations) for ds in datasets]
+    return spool, [
+        spool.accept(instance_record(ds), files.encode(ds), destinations) for ds in datasets
+    ]

@@ -24,6 +24,8 @@ DCMTK_SYNTAX = {
     "1.2.840.10008.1.2.5": "RLELossless",
 }
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+# shared/ lies beside the project (in CI: beside the clone)
+VALIDATE_DICOM = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate-dicom"
 
 
 def require(*tools: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,26 +15,16 @@ from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from agent.config.model import Equipment
 from agent.dicom import modules
-from agent.dicom.assembler import IMPLEMENTATION_VERSION_NAME, Assembler, Series, TokenMismatch
+from agent.dicom.assembler import IMPLEMENTATION_VERSION_NAME, Assembler, TokenMismatch
 from agent.dicom.files import InvalidDataset, decode, encode
 from agent.dicom.uids import IMPLEMENTATION_CLASS_UID, UidFactory, is_valid_uid
 from agent.exam import Exam, Patient, Procedure
-from hardware.base import ScanRequest, SeriesEnd, SeriesStart, SliceReady
-from hardware.mock import MockDriver
+from hardware.base import SeriesStart, SliceReady
+from tests.factory import EQUIPMENT, Acquired, acquire
+from tests.peers import VALIDATE_DICOM
 
 ROOT = "1.2.826.0.1.3680043.10.999"
-VALIDATE = Path("/work/shared/tools/validate-dicom")
-EQUIPMENT = Equipment(
-    manufacturer="Example Medical",
-    model_name="CT-1",
-    device_serial_number="SN0001",
-    station_name="CT1",
-    institution_name="General Hospital",
-    software_versions="1.0",
-    department_name="Radiology",
-)
 
 
 def make_exam(uids: UidFactory, *, name: str = "MÜLLER^JÖRG", unscheduled: bool = False) -> Exam:
@@ -55,46 +45,6 @@ def make_exam(uids: UidFactory, *, name: str = "MÜLLER^JÖRG", unscheduled: boo
         frame_of_reference_uid=uids.new(),
         operator="SMITH^ANN",
     )
-
-
-@dataclass
-class Acquired:
-    exam: Exam
-    series: list[Series]
-    slices: list[SliceReady]
-    datasets: list[Dataset]
-
-
-def acquire(
-    assembler: Assembler,
-    exam: Exam,
-    *,
-    series: int = 2,
-    slices: int = 6,
-    contrast_agent: str | None = None,
-) -> Acquired:
-    driver = MockDriver(contrast_agent=contrast_agent)
-    driver.open()
-    try:
-        driver.request_scan(ScanRequest(token=exam.token, series=series, slices_per_series=slices))
-        out = Acquired(exam, [], [], [])
-        by_key: dict[str, Series] = {}
-        ended = 0
-        while ended < series:
-            event = driver.read_event(5.0)
-            assert event is not None, "the mock stopped early"
-            if isinstance(event, SeriesStart):
-                by_key[event.series_key] = assembler.open_series(exam, event)
-                out.series.append(by_key[event.series_key])
-            elif isinstance(event, SliceReady):
-                out.slices.append(event)
-                out.datasets.append(assembler.image(by_key[event.series_key], event))
-                driver.release(event)
-            elif isinstance(event, SeriesEnd):
-                ended += 1
-        return out
-    finally:
-        driver.close()
 
 
 @pytest.fixture
@@ -123,7 +73,10 @@ def read_back(directory: Path) -> list[Dataset]:
 def test_dciodvfy_finds_no_error_and_no_warning(tmp_path: Path, exam_files: Acquired) -> None:
     for strict in ([], ["--strict"]):
         run = subprocess.run(
-            [str(VALIDATE), str(tmp_path), *strict], capture_output=True, text=True, check=False
+            [str(VALIDATE_DICOM), str(tmp_path), *strict],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert run.returncode == 0, run.stdout + run.stderr
 
@@ -140,7 +93,10 @@ def test_dciodvfy_with_contrast_unscheduled_and_ascii(tmp_path: Path, uids: UidF
         assert ds.TimezoneOffsetFromUTC == "-0500"
         (tmp_path / f"{i}.dcm").write_bytes(encode(ds))
     run = subprocess.run(
-        [str(VALIDATE), str(tmp_path), "--strict"], capture_output=True, text=True, check=False
+        [str(VALIDATE_DICOM), str(tmp_path), "--strict"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stdout
 
