@@ -26,6 +26,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, type=Path, help="the agent's TOML file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="modality-agent", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -41,6 +47,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     _common(p)
 
+    p = sub.add_parser("run", help="the daemon, in the foreground (systemd Type=notify)")
+    _config(p)
+
+    exam = sub.add_parser("exam", help="start, end, inspect an exam; assign a held series")
+    steps = exam.add_subparsers(dest="step", required=True, parser_class=_Parser)
+    p = steps.add_parser("start", help="select the patient and procedure for the next acquisition")
+    _config(p)
+    p.add_argument("--patient-id")
+    p.add_argument("--patient-name", help="DICOM PN, e.g. DOE^JANE")
+    p.add_argument("--birth-date", help="YYYYMMDD")
+    p.add_argument("--sex", choices=["M", "F", "O"])
+    p.add_argument("--accession")
+    p.add_argument("--unscheduled", action="store_true", help="an unidentified emergency patient")
+    p.add_argument("--operator", help="who performs the exam (Operators' Name)")
+    p.add_argument("--dest", action="append", default=[], help="destination name (repeatable)")
+    p = steps.add_parser("end", help="close the open exam")
+    _config(p)
+    p.add_argument("--discontinue", metavar="REASON", help="the exam was not completed")
+    p = steps.add_parser("status", help="the open exam and the held series")
+    _config(p)
+    p = steps.add_parser("assign", help="file a held (unassigned) series under an exam")
+    _config(p)
+    p.add_argument("--series", required=True, help="the held series' Series Instance UID")
+    p.add_argument("--to", required=True, help="the exam's token or Study Instance UID")
+    p.add_argument("--operator", help="who decided (recorded with the time)")
+
+    p = sub.add_parser("simulate", help="play the reconstructor: acquire series now")
+    _config(p)
+    p.add_argument("--series", type=int, default=1)
+    p.add_argument("--slices", type=int, default=10, help="slices per series")
+    p.add_argument("--rate", type=float, help="slices per second (default: as fast as taken)")
+    p.add_argument("--token", help="exam token (default: the open exam's)")
+    p.add_argument("--timeout", type=float, default=600)
+
+    p = sub.add_parser("queue", help="delivery state per study and destination")
+    _config(p)
+    p = sub.add_parser("retry", help="re-arm failed deliveries and cut backoff waits short")
+    _config(p)
+    p.add_argument("--study", help="only this Study Instance UID")
+    p.add_argument("--dest", help="only this destination")
+    p = sub.add_parser("wait", help="block until everything queued is delivered")
+    _config(p)
+    p.add_argument("--timeout", type=float, default=600)
+    p = sub.add_parser("echo", help="C-ECHO configured peers")
+    _config(p)
+    p.add_argument("names", nargs="*", help="peer names (default: all)")
+
     p = sub.add_parser("demo", help="all-in-one: bundled archive, mock scanner, one exam")
     p.add_argument("--slices", type=int, default=120, help="images in the exam (default 120)")
     p.add_argument("--workdir", type=Path, help="where spool and archive go (default: a temp dir)")
@@ -54,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.verbose, args.debug)
     from agent import commands
 
-    handler = getattr(commands, args.command.replace("-", "_"))
+    name = args.command + (f"_{args.step}" if args.command == "exam" else "")
+    handler = getattr(commands, name.replace("-", "_"))
     try:
         return int(handler(args))
     except KeyboardInterrupt:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from agent import config
-from agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from agent.cli import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_USAGE
 
 
 def check_config(args: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as e:
-        for problem in e.problems:
-            print(problem, file=sys.stderr)
+    cfg = _load(args)
+    if cfg is None:
         return EXIT_USAGE
     names = ", ".join(d.name for d in cfg.destinations)
     print(f"{cfg.source}: valid ({cfg.hardware.driver} hardware; destinations: {names})")
@@ -51,3 +51,147 @@ def demo(args: argparse.Namespace) -> int:
         print("demo: --slices expected at least 1", file=sys.stderr)
         return EXIT_USAGE
     return run_demo(args.slices, args.workdir, args.json)
+
+
+# -- the daemon and its clients -------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.control.server import SocketInUse
+    from agent.daemon import Daemon
+    from hardware.base import DriverError
+
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    daemon = Daemon(cfg)
+    try:
+        daemon.start()
+    except (SocketInUse, DriverError, OSError) as e:
+        print(f"run: cannot start: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        daemon.run_forever()
+    finally:
+        daemon.stop()
+    return EXIT_OK
+
+
+def exam_start(args: argparse.Namespace) -> int:
+    payload = {
+        "patient_id": args.patient_id,
+        "patient_name": args.patient_name,
+        "birth_date": args.birth_date,
+        "sex": args.sex,
+        "accession": args.accession,
+        "unscheduled": args.unscheduled,
+        "operator": args.operator,
+        "destinations": args.dest,
+    }
+    return _call(args, "exam.start", {k: v for k, v in payload.items() if v not in (None, [])})
+
+
+def exam_end(args: argparse.Namespace) -> int:
+    return _call(args, "exam.end", {"discontinue": args.discontinue} if args.discontinue else {})
+
+
+def exam_status(args: argparse.Namespace) -> int:
+    return _call(args, "exam.status", {})
+
+
+def exam_assign(args: argparse.Namespace) -> int:
+    payload = {"series_instance_uid": args.series, "exam": args.to, "operator": args.operator}
+    return _call(args, "exam.assign", {k: v for k, v in payload.items() if v})
+
+
+def simulate(args: argparse.Namespace) -> int:
+    payload = {"series": args.series, "slices": args.slices, "timeout": args.timeout}
+    if args.rate:
+        payload["rate"] = args.rate
+    if args.token:
+        payload["token"] = args.token
+    return _call(args, "simulate", payload, timeout=args.timeout + 30)
+
+
+def queue(args: argparse.Namespace) -> int:
+    return _call(args, "queue", {}, show=_show_queue)
+
+
+def retry(args: argparse.Namespace) -> int:
+    payload = {k: v for k, v in (("study", args.study), ("dest", args.dest)) if v}
+    return _call(args, "retry", payload)
+
+
+def wait(args: argparse.Namespace) -> int:
+    return _call(args, "wait", {"timeout": args.timeout}, timeout=args.timeout + 30)
+
+
+def echo(args: argparse.Namespace) -> int:
+    code = _call(args, "echo", {"names": args.names} if args.names else {}, show=_show_echo)
+    return code
+
+
+def _load(args: argparse.Namespace) -> config.Config | None:
+    try:
+        return config.load(args.config)
+    except config.ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _call(
+    args: argparse.Namespace,
+    op: str,
+    payload: dict[str, Any],
+    timeout: float | None = 60,
+    show: Callable[[dict[str, Any]], int] | None = None,
+) -> int:
+    from agent.control.client import ControlClient, DaemonUnreachable, exit_code
+    from agent.control.protocol import OpError
+
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    try:
+        with ControlClient(cfg.agent.control_socket, timeout=timeout) as client:
+            result = client.request(op, payload, timeout=timeout)
+    except DaemonUnreachable as e:
+        print(f"{args.command}: {e}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except OpError as e:
+        print(f"{args.command}: {e.message}", file=sys.stderr)
+        if args.json and e.details:
+            print(json.dumps(e.details, indent=2), file=sys.stderr)
+        return exit_code(e)
+    if args.json or show is None:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    return show(result)
+
+
+def _show_queue(doc: dict[str, Any]) -> int:
+    if not doc["studies"]:
+        print("nothing queued")
+    for s in doc["studies"]:
+        label = s["accession_number"] or ("unscheduled" if s["unscheduled"] else "")
+        print(f"{s['study_instance_uid']}  {label}  {s['images']} image(s)")
+        for d in s["destinations"]:
+            extra = f"  next attempt {d['next_attempt']}" if d["next_attempt"] else ""
+            error = f"  last error: {d['last_error']}" if d["last_error"] else ""
+            print(
+                f"  {d['name']:<16} {d['state']:<10} {d['sent']}/{d['images']} sent"
+                f", {d['failed']} failed{extra}{error}"
+            )
+    for h in doc.get("unassigned", []):
+        print(f"held: series {h['series_instance_uid']} ({h['description']}), {h['slices']} slices")
+    for a in doc["alarms"]:
+        print(f"ALARM {a['kind']}: {a['message']} (since {a['since']})")
+    return EXIT_OK
+
+
+def _show_echo(result: dict[str, Any]) -> int:
+    for p in result["peers"]:
+        state = f"ok ({p['seconds']} s)" if p["ok"] else f"FAILED: {p['error']}"
+        print(f"{p['name']}: {state}")
+    return EXIT_OK if all(p["ok"] for p in result["peers"]) else EXIT_FAILED

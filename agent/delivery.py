@@ -40,7 +40,7 @@ class DestinationSender:
         self.calling_ae = calling_ae
         self.destination = destination
         self.spool = spool
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(destination.retry_initial_s, destination.retry_max_s)
         self.status = SenderStatus()
         self._on_delivery = on_delivery
         self._wake = threading.Event()
@@ -77,9 +77,13 @@ class DestinationSender:
 
     def _record(self, results: list[SendResult]) -> None:
         name = self.destination.name
-        ok = [r.sop_instance_uid for r in results if r.verdict.outcome is Outcome.OK]
-        if ok:
-            self.spool.mark_delivered(ok, name)
+        ok = [r for r in results if r.verdict.outcome is Outcome.OK]
+        plain = [r.sop_instance_uid for r in ok if not r.verdict.status]
+        if plain:
+            self.spool.mark_delivered(plain, name)
+        for r in ok:
+            if r.verdict.status:  # a warning (B000, B006, B007, ...): delivered, and said so
+                self.spool.mark_delivered([r.sop_instance_uid], name, r.verdict.reason)
         for r in results:
             if r.verdict.outcome is Outcome.FAIL:
                 self.spool.mark_failed([r.sop_instance_uid], name, r.verdict.reason)
@@ -89,8 +93,11 @@ class DestinationSender:
             delay = self.backoff.delay(self.status.failures_in_a_row)
             self.status.hold_until = time.time() + delay
             self.status.last_error = retry[0].verdict.reason
-            uids = [r.sop_instance_uid for r in retry]
-            self.spool.mark_retry(uids, name, retry[0].verdict.reason, self.status.hold_until)
+            by_reason: dict[str, list[str]] = {}
+            for r in retry:
+                by_reason.setdefault(r.verdict.reason, []).append(r.sop_instance_uid)
+            for reason, uids in by_reason.items():
+                self.spool.mark_retry(uids, name, reason, self.status.hold_until)
             log.warning("%s: %s; next attempt in %.1f s", name, retry[0].verdict.reason, delay)
         elif ok:
             self.status.failures_in_a_row = 0

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,10 +29,21 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 VALIDATE_DICOM = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate-dicom"
 
 
-def require(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
+def tool(name: str) -> str | None:
+    """A system tool by name, never pynetdicom's namesakes in our virtual environment (it
+    installs its own `storescp`, `storescu`, `findscu`, ... which take other options)."""
+    venv_bin = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    return shutil.which(name, path=path)
+
+
+def require(*tools: str) -> list[str]:
+    """The full paths of `tools`; the test is skipped, naming them, when one is missing."""
+    found = [tool(t) for t in tools]
+    missing = [t for t, f in zip(tools, found, strict=True) if f is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (scripts/install-peers installs them)")
+    return [f for f in found if f is not None]
 
 
 def free_port() -> int:
@@ -80,10 +92,10 @@ def storescp(
     sop_class: str = "CTImageStorage",
 ) -> Iterator[int]:
     """Run DCMTK storescp writing to `out`; yields its port. `syntaxes` restricts CT storage."""
-    require("storescp")
+    (binary,) = require("storescp")
     out.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = ["storescp", "-aet", ae_title, "-od", str(out), *extra]
+    args = [binary, "-aet", ae_title, "-od", str(out), *extra]
     if syntaxes is not None:
         args += ["-xf", str(storescp_profile(out.parent, syntaxes, sop_class)), "Test"]
     else:

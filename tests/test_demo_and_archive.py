@@ -55,7 +55,7 @@ def test_demo_rejects_a_bad_slice_count() -> None:
 
 
 def test_bundled_archive_stores_what_storescu_sends(tmp_path: Path) -> None:
-    require("storescu")
+    (storescu,) = require("storescu")
     (ds,) = factory.ct_images(1)
     f = tmp_path / "ct.dcm"
     f.write_bytes(files.encode(ds))
@@ -71,13 +71,13 @@ def test_bundled_archive_stores_what_storescu_sends(tmp_path: Path) -> None:
         wait_port(port)
         env = {**os.environ, "TCP_NODELAY": "1"}
         wrong = subprocess.run(
-            ["storescu", "-aec", "NOT_US", "127.0.0.1", str(port), str(f)],
+            [storescu, "-aec", "NOT_US", "127.0.0.1", str(port), str(f)],
             env=env,
             capture_output=True,
         )
         assert wrong.returncode != 0  # the called AE title must be ours
         subprocess.run(
-            ["storescu", "-aec", "TESTARCH", "127.0.0.1", str(port), str(f)], env=env, check=True
+            [storescu, "-aec", "TESTARCH", "127.0.0.1", str(port), str(f)], env=env, check=True
         )
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -197,6 +197,8 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
                 default=d.get("default", False),
                 max_pdu=d.get("max_pdu", 131072),
                 batch_size=d.get("batch_size", 64),
+                retry_initial_s=float(d.get("retry_initial", 2)),
+                retry_max_s=float(d.get("retry_max", 300)),
             )
         )
     hw = dict(raw["hardware"])

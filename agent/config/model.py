@@ -66,6 +66,8 @@ class Destination(Peer):
     default: bool = False
     max_pdu: int = 131072
     batch_size: int = 64
+    retry_initial_s: float = 2.0
+    retry_max_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,12 @@ DESTINATION: dict[str, Any] = {
         "default": {"type": "boolean", "default": False},
         "max_pdu": {"type": "integer", "minimum": 4096, "maximum": 4194304, "default": 131072},
         "batch_size": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 64},
+        "retry_initial": {
+            **SECONDS,
+            "default": 2,
+            "description": "seconds to wait after the first failed attempt (doubles each time)",
+        },
+        "retry_max": {**SECONDS, "default": 300, "description": "longest wait between attempts"},
     },
     "required": ["name", "ae_title", "host", "port"],
 }

@@ -79,13 +79,15 @@ class Assembler:
         series_number: int | None = None,
         performed_procedure_step_uid: str | None = None,
         reassigned: bool = False,
+        series_instance_uid: str | None = None,
     ) -> Series:
         """A new series of `exam`, with its own Series Instance UID.
 
         `series_number` overrides the hardware's (e.g. to keep numbers unique in the exam);
         `performed_procedure_step_uid` (the MPPS SOP Instance UID) is referenced from every image.
         A series whose token is not the exam's raises `TokenMismatch`, unless a person assigned
-        it (`reassigned=True`, SPEC §3). Inconsistent geometry or invalid UIDs raise ValueError.
+        it (`reassigned=True`, SPEC §3); a held series keeps the `series_instance_uid` it was
+        shown under. Inconsistent geometry or invalid UIDs raise ValueError.
         """
         if start.token != exam.token and not reassigned:
             raise TokenMismatch(
@@ -108,7 +110,7 @@ class Assembler:
         assert offset is not None  # aware, checked above
         tz = timezone(offset)
         return Series(
-            series_instance_uid=self.uids.new(),
+            series_instance_uid=series_instance_uid or self.uids.new(),
             series_number=start.series_number if series_number is None else series_number,
             exam=exam,
             start=start,

@@ -1,0 +1,214 @@
+"""`modality-agent run`: components started in dependency order, stopped in reverse.
+
+spool -> exam book -> holding -> senders -> hardware + acquisition -> control socket; then
+systemd is told READY and the watchdog is fed while every component thread is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from functools import partial
+from types import FrameType
+from typing import Any
+
+from agent import sdnotify
+from agent.acquisition import Acquisition
+from agent.alarms import Alarms
+from agent.config import Config
+from agent.control.server import ControlServer
+from agent.delivery import DestinationSender
+from agent.dicom.assembler import Assembler
+from agent.dicom.uids import UidFactory
+from agent.events import EventBus
+from agent.exam import Exam
+from agent.exam_book import ExamBook
+from agent.holding import Holding
+from agent.net.outcome import Outcome
+from agent.net.sender import SendResult
+from agent.operations import Operations
+from agent.spool import Spool, SpooledInstance
+from hardware import open_driver
+from hardware.base import Driver
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, driver: Driver | None = None) -> None:
+        self.cfg = cfg
+        self.bus = EventBus()
+        self.alarms = Alarms(self.notify)
+        self.changed = threading.Condition()  # notified on every acceptance and delivery
+        self.stopping = threading.Event()
+        self._driver = driver
+        self._threads: list[threading.Thread] = []
+        self._undo: list[Callable[[], None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.cfg
+        cfg.agent.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(cfg.agent.spool_dir)
+        self._undo.append(self.spool.close)
+        for problem in self.spool.problems:
+            self.alarms.raise_("spool_problem", problem.message, problem.sop_instance_uid)
+        self.book = ExamBook(cfg.agent.spool_dir / "exams.json")
+        self.uids = UidFactory(cfg.agent.uid_root)
+        self.holding = Holding(cfg.agent.spool_dir / "unassigned", self.uids)
+        for held in self.holding.series():
+            self.alarms.raise_(
+                "unassigned_series",
+                f"series {held.series_instance_uid} ({held.start.description}) belongs to no "
+                "known exam; held until assigned (exam assign)",
+                held.series_instance_uid,
+            )
+        self.senders = {
+            d.name: DestinationSender(
+                cfg.agent.ae_title,
+                d,
+                self.spool,
+                on_delivery=partial(self._delivered, destination=d.name),
+            )
+            for d in cfg.destinations
+        }
+        for name, sender in self.senders.items():
+            self._thread(f"send-{name}", sender.run, sender.wake)
+        self.driver = self._driver or open_driver(cfg.hardware.driver, cfg.hardware.options)
+        self.driver.open()
+        self._undo.append(self.driver.close)
+        current = self.book.current
+        self.driver.set_exam_token(current.token if current else None)
+        self.acquisition = Acquisition(
+            self.driver,
+            Assembler(cfg.equipment, self.uids),
+            self.spool,
+            self._exam_for_token,
+            route=self.route,
+            holding=self.holding,
+            on_accepted=self._accepted,
+            notify=self.notify,
+            alarms=self.alarms,
+        )
+        self._thread("acquisition", self._acquire, lambda: None)
+        self.ops = Operations(self)
+        self.ops.route_ended_exams()
+        self.control = ControlServer(
+            cfg.agent.control_socket, self.ops.table(), self.bus, hello_info=self.ops.hello
+        )
+        self.control.start()
+        self._undo.append(self.control.stop)
+        sdnotify.ready(f"ready; {len(self.senders)} destination(s)")
+        log.info(
+            "modality-agent ready (AE %s, %s hardware)", cfg.agent.ae_title, cfg.hardware.driver
+        )
+
+    def _thread(self, name: str, target: Callable[..., None], wake: Callable[[], None]) -> None:
+        if name.startswith("send-"):
+            t = threading.Thread(target=target, args=(self.stopping,), name=name, daemon=True)
+        else:
+            t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+        def join() -> None:
+            self.stopping.set()
+            wake()
+            t.join(timeout=30)
+
+        self._undo.append(join)
+
+    def stop(self) -> None:
+        sdnotify.stopping()
+        self.stopping.set()
+        while self._undo:
+            undo = self._undo.pop()
+            try:
+                undo()
+            except Exception:
+                log.exception("while stopping")
+
+    def run_forever(self) -> None:
+        """Block until SIGTERM or SIGINT, feeding the systemd watchdog while healthy."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        interval = sdnotify.watchdog_interval()  # None: no watchdog asked for
+        while not self.stopping.wait(interval or 5.0):
+            if interval is None:
+                continue
+            dead = [t.name for t in self._threads if not t.is_alive()]
+            if dead:
+                log.error("component thread(s) died: %s; not feeding the watchdog", dead)
+                continue
+            sdnotify.watchdog()
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        self.bus.publish(event, data)
+        with self.changed:
+            self.changed.notify_all()
+
+    def route(self, exam: Exam) -> tuple[str, ...]:
+        """Where an image of `exam` goes now: destinations that send while scanning, and all
+        of them once the exam has ended (late reconstructions included)."""
+        entry = self.book.entry(exam.token)
+        ended = entry is not None and not entry.is_open
+        names = []
+        for name in exam.destinations:
+            dest = next((d for d in self.cfg.destinations if d.name == name), None)
+            if dest is None:
+                self.alarms.raise_(
+                    "unknown_destination", f"destination {name} is not configured", name
+                )
+            elif ended or dest.send_while_scanning:
+                names.append(name)
+        return tuple(names)
+
+    def _exam_for_token(self, token: str) -> Exam | None:
+        entry = self.book.entry(token)
+        return entry.exam if entry else None
+
+    def _acquire(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.acquisition.poll(0.2)
+            except Exception as e:  # a bad event never stops acquisition
+                log.exception("acquisition")
+                self.alarms.raise_("acquisition_error", f"acquisition failed: {e}")
+
+    def _accepted(self, item: SpooledInstance, exam: Exam) -> None:
+        for name in self.route(exam):
+            self.senders[name].wake()
+
+    def _delivered(self, result: SendResult, destination: str) -> None:
+        if result.verdict.outcome is Outcome.FAIL:
+            self.alarms.raise_(
+                "delivery_failed", f"{destination}: {result.verdict.reason}", destination
+            )
+        elif result.verdict.outcome is Outcome.OK:
+            self.alarms.clear("delivery_failed", destination)
+        self.notify(
+            "delivery.progress",
+            {
+                "destination": destination,
+                "sop_instance_uid": result.sop_instance_uid,
+                "outcome": result.verdict.outcome.value,
+                "reason": result.verdict.reason,
+            },
+        )

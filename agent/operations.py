@@ -1,0 +1,334 @@
+"""The daemon's operations, as served on the control socket (docs/control-protocol.md).
+
+Each takes the request's `args` and returns the `result` object, or raises `OpError`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.config import Peer
+from agent.control.protocol import OpError
+from agent.exam import Exam, Patient, Procedure, open_exam
+from agent.exam_book import Assignment, ExamConflict, ExamEntry
+from agent.net.echo import echo
+from agent.queue_report import queue_document
+from hardware.base import DriverError, ScanRequest
+
+if TYPE_CHECKING:
+    from agent.daemon import Daemon
+
+Op = Callable[[dict[str, Any]], dict[str, Any]]
+_SEX = {"M", "F", "O", ""}
+
+
+class Operations:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self._simulating = threading.Lock()
+
+    def table(self) -> dict[str, Op]:
+        return {
+            "status": self.status,
+            "exam.start": self.exam_start,
+            "exam.end": self.exam_end,
+            "exam.status": self.exam_status,
+            "exam.assign": self.exam_assign,
+            "simulate": self.simulate,
+            "queue": self.queue,
+            "retry": self.retry,
+            "wait": self.wait,
+            "echo": self.echo,
+        }
+
+    def hello(self) -> dict[str, Any]:
+        cfg = self.d.cfg
+        return {
+            "agent_version": __version__,
+            "ae_title": cfg.agent.ae_title,
+            "driver": cfg.hardware.driver,
+            "simulated": cfg.hardware.driver == "mock",
+        }
+
+    # -- exams ----------------------------------------------------------------------------
+
+    def exam_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        patient, procedure = _patient_and_procedure(args)
+        names = _strings(args, "destinations") or [d.name for d in self.d.cfg.default_destinations]
+        known = {d.name for d in self.d.cfg.destinations}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise OpError(
+                "not_found",
+                f"no destination named {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+            )
+        exam = open_exam(
+            patient,
+            procedure,
+            self.d.uids,
+            operator=_string(args, "operator", 64),
+            destinations=tuple(names),
+        )
+        try:
+            self.d.book.start(exam)
+        except ExamConflict as e:
+            raise OpError("conflict", str(e)) from None
+        self.d.driver.set_exam_token(exam.token)
+        started = exam_json(ExamEntry(exam))
+        self.d.notify("exam.started", started)
+        return {"exam": started}
+
+    def exam_end(self, args: dict[str, Any]) -> dict[str, Any]:
+        reason = args.get("discontinue")
+        if reason is not None and (not isinstance(reason, str) or not reason.strip()):
+            raise OpError("bad_request", "discontinue: expected a non-empty reason")
+        try:
+            entry = self.d.book.end(reason, datetime.now(UTC))
+        except ExamConflict as e:
+            raise OpError("conflict", str(e)) from None
+        self.d.driver.set_exam_token(None)
+        self._route_deferred(entry)
+        ended = exam_json(entry)
+        self.d.notify("exam.ended", ended)
+        return {"exam": ended}
+
+    def route_ended_exams(self) -> None:
+        """At start: an exam that ended just before a crash gets its deferred destinations."""
+        for entry in self.d.book.entries():
+            if not entry.is_open:
+                self._route_deferred(entry)
+
+    def _route_deferred(self, entry: ExamEntry) -> None:
+        uids = [
+            i.sop_instance_uid
+            for i in self.d.spool.instances(entry.exam.study_instance_uid)
+            if i.record.exam_token == entry.exam.token
+        ]
+        for name in self.d.route(entry.exam):
+            if uids and self.d.spool.add_destination(uids, name):
+                self.d.senders[name].wake()
+
+    def exam_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "exam": self._current_json(),
+            "unassigned": [h.to_json() for h in self.d.holding.series()],
+        }
+
+    def _current_json(self) -> dict[str, Any] | None:
+        current = self.d.book.current
+        entry = self.d.book.entry(current.token) if current else None
+        return exam_json(entry) if entry else None
+
+    def exam_assign(self, args: dict[str, Any]) -> dict[str, Any]:
+        series_uid = _string(args, "series_instance_uid", 64, required=True)
+        target = _string(args, "exam", 64, required=True)
+        held = self.d.holding.find(series_uid)
+        if held is None:
+            raise OpError("not_found", f"no unassigned series {series_uid}")
+        entry = self.d.book.find(target)
+        if entry is None:
+            raise OpError("not_found", f"no exam with token or Study Instance UID {target}")
+        acq = self.d.acquisition
+        series = acq.assembler.open_series(
+            entry.exam, held.start, reassigned=True, series_instance_uid=series_uid
+        )
+        done = {
+            i.record.instance_number
+            for i in self.d.spool.instances(entry.exam.study_instance_uid)
+            if i.record.series_instance_uid == series_uid
+        }
+        count = 0
+        for slice_ in self.d.holding.slices(held):
+            if slice_.index + 1 not in done:  # an earlier, interrupted assign got this far
+                acq.accept(series, slice_)
+            count += 1
+        operator = _string(args, "operator", 64) or "unknown"
+        self.d.book.record_assignment(
+            Assignment(series_uid, entry.exam.token, operator, datetime.now(UTC))
+        )
+        self.d.holding.forget(held)
+        self.d.alarms.clear("unassigned_series", series_uid)
+        for name in self.d.route(entry.exam):
+            self.d.senders[name].wake()
+        return {"series_instance_uid": series_uid, "images": count, "exam": exam_json(entry)}
+
+    # -- acquisition ----------------------------------------------------------------------
+
+    def simulate(self, args: dict[str, Any]) -> dict[str, Any]:
+        series = _int(args, "series", 1, 1, 1000)
+        slices = _int(args, "slices", 1, 1, 100000)
+        rate = args.get("rate")
+        if rate is not None and not (isinstance(rate, int | float) and rate > 0):
+            raise OpError("bad_request", "rate: expected a positive number of slices per second")
+        timeout = float(args.get("timeout", 600))
+        token = args.get("token")
+        if token is None:
+            current = self.d.book.current
+            if current is None:
+                raise OpError("conflict", "no exam is open: start one, or give --token")
+            token = current.token
+        counts = self.d.acquisition.counts
+        wanted = series * slices
+        with self._simulating:
+            before = counts.slices_accepted + counts.slices_held
+            try:
+                self.d.driver.request_scan(ScanRequest(str(token), series, slices, rate))
+            except DriverError as e:
+                raise OpError("failed", str(e)) from None
+            with self.d.changed:
+                done = self.d.changed.wait_for(
+                    lambda: counts.slices_accepted + counts.slices_held - before >= wanted, timeout
+                )
+            got = counts.slices_accepted + counts.slices_held - before
+        if not done:
+            raise OpError("timeout", f"{got} of {wanted} slices accepted in {timeout} s")
+        return {"requested": wanted, "accepted": got}
+
+    # -- delivery -------------------------------------------------------------------------
+
+    def queue(self, args: dict[str, Any]) -> dict[str, Any]:
+        return queue_document(self.d)
+
+    def retry(self, args: dict[str, Any]) -> dict[str, Any]:
+        study = args.get("study")
+        dest = args.get("dest")
+        if dest is not None and dest not in self.d.senders:
+            raise OpError("not_found", f"no destination named {dest}")
+        rearmed = self.d.spool.rearm(dest, study)
+        for name, sender in self.d.senders.items():
+            if dest in (None, name):
+                sender.wake()
+        return {"rearmed": rearmed}
+
+    def wait(self, args: dict[str, Any]) -> dict[str, Any]:
+        timeout = float(args.get("timeout", 600))
+        deadline = time.monotonic() + timeout
+        while True:
+            doc = queue_document(self.d)
+            open_items = [
+                (s["study_instance_uid"], d["name"], d["state"])
+                for s in doc["studies"]
+                for d in s["destinations"]
+                if d["state"] not in ("delivered", "committed")
+            ]
+            failed = [i for i in open_items if i[2] == "failed"]
+            if failed:
+                raise OpError("failed", f"{len(failed)} delivery(ies) failed", failed=failed)
+            if not open_items:
+                return {"done": True}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OpError("timeout", f"not done after {timeout} s", open=open_items)
+            with self.d.changed:
+                self.d.changed.wait(min(left, 1.0))
+
+    def echo(self, args: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.d.cfg
+        peers: dict[str, Peer] = {d.name: d for d in cfg.destinations}
+        peers.update({k: p for k, p in (("worklist", cfg.worklist), ("mpps", cfg.mpps)) if p})
+        names = _strings(args, "names") or list(peers)
+        unknown = [n for n in names if n not in peers]
+        if unknown:
+            raise OpError(
+                "not_found", f"no peer named {', '.join(unknown)}; known: {', '.join(peers)}"
+            )
+        out = []
+        for name in names:
+            r = echo(cfg.agent.ae_title, peers[name])
+            out.append({"name": name, "ok": r.ok, "seconds": round(r.seconds, 3), "error": r.error})
+        return {"peers": out}
+
+    def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        c = self.d.acquisition.counts
+        return {
+            "exam": self._current_json(),
+            "alarms": [a.to_json() for a in self.d.alarms.active()],
+            "counts": {
+                "slices_accepted": c.slices_accepted,
+                "slices_held": c.slices_held,
+                "bad_events": c.bad_events,
+            },
+        }
+
+
+# -- argument checks and JSON shapes -----------------------------------------------------
+
+
+def _string(args: dict[str, Any], key: str, max_len: int, required: bool = False) -> str:
+    value = args.get(key)
+    if value is None:
+        if required:
+            raise OpError("bad_request", f"{key}: required")
+        return ""
+    if not isinstance(value, str) or len(value) > max_len or any(ord(c) < 32 for c in value):
+        raise OpError("bad_request", f"{key}: expected text of at most {max_len} characters")
+    return value.strip()
+
+
+def _strings(args: dict[str, Any], key: str) -> list[str]:
+    value = args.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise OpError("bad_request", f"{key}: expected a list of names")
+    return value
+
+
+def _int(args: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = args.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise OpError("bad_request", f"{key}: expected an integer from {low} to {high}")
+    return value
+
+
+def _patient_and_procedure(args: dict[str, Any]) -> tuple[Patient, Procedure]:
+    unscheduled = bool(args.get("unscheduled"))
+    pid = _string(args, "patient_id", 64)
+    name = _string(args, "patient_name", 64 * 5)
+    if not pid and not name:
+        if not unscheduled:
+            raise OpError(
+                "bad_request", "give patient_id and patient_name, or unscheduled for an emergency"
+            )
+        stamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        pid, name = f"EMERG-{stamp}-{secrets.token_hex(2).upper()}", f"EMERGENCY^{stamp}"
+    elif not (pid and name):
+        raise OpError("bad_request", "patient_id and patient_name go together")
+    birth = _string(args, "birth_date", 8)
+    if birth and not re.fullmatch(r"\d{8}", birth):
+        raise OpError("bad_request", "birth_date: expected YYYYMMDD")
+    try:
+        birth_date = date(int(birth[:4]), int(birth[4:6]), int(birth[6:])) if birth else None
+    except ValueError:
+        raise OpError("bad_request", f"birth_date: {birth} is not a date") from None
+    sex = _string(args, "sex", 1).upper()
+    if sex not in _SEX:
+        raise OpError("bad_request", "sex: expected M, F or O")
+    accession = _string(args, "accession", 16)
+    return (
+        Patient(name=name, id=pid, birth_date=birth_date, sex=sex),
+        Procedure(accession_number=accession, unscheduled=True),
+    )
+
+
+def exam_json(entry: ExamEntry) -> dict[str, Any]:
+    e: Exam = entry.exam
+    return {
+        "token": e.token,
+        "study_instance_uid": e.study_instance_uid,
+        "accession_number": e.procedure.accession_number,
+        "patient_id": e.patient.id,
+        "patient_name": e.patient.name,
+        "unscheduled": e.procedure.unscheduled,
+        "operator": e.operator,
+        "destinations": list(e.destinations),
+        "started": e.started.isoformat(),
+        "state": entry.state,
+        "ended": entry.ended.isoformat() if entry.ended else None,
+        "discontinue_reason": entry.discontinue_reason,
+    }
