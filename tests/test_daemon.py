@@ -159,3 +159,32 @@ def test_no_daemon_is_exit_4_with_one_line(tmp_path: Path) -> None:
     r = Agent(cfg, tmp_path / "log").cli("queue")
     assert r.returncode == 4
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_echo_and_retry_after_a_refusing_archive(tmp_path: Path, stack: ExitStack) -> None:
+    refusing = free_port()
+    agent = start_agent(tmp_path, [Dest("PACS", refusing)], stack)
+    with storescp(tmp_path / "refusing", extra=["--refuse"], port=refusing):
+        r = agent.cli("echo")
+        assert r.returncode == 1 and "PACS" in r.stdout and "rejected" in r.stdout
+        assert (
+            agent.cli(
+                "exam", "start", "--patient-id", "P1", "--patient-name", "DOE^JANE"
+            ).returncode
+            == 0
+        )
+        assert agent.cli("simulate", "--slices", "3").returncode == 0
+        assert agent.cli("exam", "end").returncode == 0
+        r = agent.cli("wait", "--timeout", "30")
+        assert r.returncode == 1 and "failed" in r.stderr  # permanent: parked, not looped
+    q = agent.json("queue")
+    (dest,) = q["studies"][0]["destinations"]
+    assert dest["state"] == "failed" and dest["failed"] == 3 and "rejected" in dest["last_error"]
+    assert any(a["kind"] == "delivery_failed" for a in q["alarms"])
+    with storescp(tmp_path / "archive", port=refusing):
+        assert agent.json("echo", "PACS")["peers"][0]["ok"] is True
+        assert agent.json("retry", "--dest", "PACS") == {"rearmed": 3}
+        r = agent.cli("wait", "--timeout", "60")
+        assert r.returncode == 0, r.stderr
+    assert len(archived(tmp_path / "archive")) == 3
+    assert not any(a["kind"] == "delivery_failed" for a in agent.json("queue")["alarms"])

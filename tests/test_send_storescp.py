@@ -16,7 +16,7 @@ from agent.dicom import codecs
 from agent.net.retry import Backoff
 from agent.spool import DeliveryState, Spool
 from tests import factory
-from tests.peers import CT_IMAGE_STORAGE, free_port, require, storescp
+from tests.peers import CT_IMAGE_STORAGE, VALIDATE_DICOM, free_port, require, storescp
 
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -88,6 +88,13 @@ def test_each_syntax_delivered_and_pixels_identical_by_an_independent_decoder(
         out = pydicom.dcmread(decoded)
         assert not out.file_meta.TransferSyntaxUID.is_compressed
         assert np.array_equal(out.pixel_array, originals[str(out.SOPInstanceUID)])
+        decoded.unlink()
+    if ts != DEFLATED:  # dicom3tools cannot read Deflated files at all (DCMTK's neither)
+        require("dciodvfy")
+        v = subprocess.run(
+            [str(VALIDATE_DICOM), str(tmp_path / "archive")], capture_output=True, text=True
+        )
+        assert v.returncode == 0, v.stdout
 
 
 @pytest.mark.parametrize(("preferred", "other"), [(JPEG_LS, EXPLICIT), (EXPLICIT, JPEG_LS)])
