@@ -160,6 +160,8 @@ class Acquisition:
     def _end(self, event: SeriesEnd) -> None:
         series = self._series.pop(event.series_key, None)
         self.counts.series_ended += 1
+        if series is None and self.holding is not None and self.holding.holds(event.series_key):
+            self.holding.hold_end(event.series_key)
         if series is not None:
             self.notify("series.ended", {**_series_info(series), "slices": event.slices})
 

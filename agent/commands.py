@@ -92,7 +92,8 @@ def exam_start(args: argparse.Namespace) -> int:
 
 
 def exam_end(args: argparse.Namespace) -> int:
-    return _call(args, "exam.end", {"discontinue": args.discontinue} if args.discontinue else {})
+    payload = {} if args.discontinue is None else {"discontinue": args.discontinue}
+    return _call(args, "exam.end", payload)
 
 
 def exam_status(args: argparse.Namespace) -> int:

@@ -189,8 +189,10 @@ class Daemon:
             try:
                 self.acquisition.poll(0.2)
             except Exception as e:  # a bad event never stops acquisition
-                log.exception("acquisition")
-                self.alarms.raise_("acquisition_error", f"acquisition failed: {e}")
+                # the message may quote a patient's data: its text goes to DEBUG only
+                log.error("acquisition failed: %s (details at debug level)", type(e).__name__)
+                log.debug("acquisition", exc_info=True)
+                self.alarms.raise_("acquisition_error", f"acquisition failed: {type(e).__name__}")
 
     def _accepted(self, item: SpooledInstance, exam: Exam) -> None:
         for name in self.route(exam):

@@ -14,7 +14,7 @@ import json
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ class HeldSeries:
     start: SeriesStart
     since: datetime
     slices: int
+    complete: bool = False  # the hardware said the series ended
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class HeldSeries:
             "token": self.start.token,
             "description": self.start.description,
             "slices": self.slices,
+            "complete": self.complete,
             "since": utc_iso(self.since),
         }
 
@@ -80,9 +82,7 @@ class Holding:
     def hold_slice(self, slice_: SliceReady) -> None:
         with self._lock:
             held = self._by_key[slice_.series_key]
-            self._by_key[slice_.series_key] = HeldSeries(
-                held.series_instance_uid, held.start, held.since, held.slices + 1
-            )
+            self._by_key[slice_.series_key] = replace(held, slices=held.slices + 1)
         header = {
             "index": slice_.index,
             "image_position": slice_.image_position,
@@ -92,6 +92,13 @@ class Holding:
         }
         data = json.dumps(header).encode() + b"\n" + slice_.pixels.astype("<u2").tobytes()
         write_durable(self._folder(held.series_instance_uid) / f"slice-{slice_.index}.bin", data)
+
+    def hold_end(self, series_key: str) -> None:
+        """The series is complete: it may be assigned now."""
+        with self._lock:
+            held = self._by_key[series_key]
+            self._by_key[series_key] = replace(held, complete=True)
+        write_durable(self._folder(held.series_instance_uid) / "end.json", b"{}")
 
     def series(self) -> list[HeldSeries]:
         with self._lock:
@@ -137,4 +144,5 @@ class Holding:
         raw["pixel_spacing_mm"] = tuple(raw["pixel_spacing_mm"])
         count = len(list(folder.glob("slice-*.bin")))
         since = datetime.fromisoformat(doc["since"])
-        return HeldSeries(doc["series_instance_uid"], SeriesStart(**raw), since, count)
+        complete = (folder / "end.json").exists()
+        return HeldSeries(doc["series_instance_uid"], SeriesStart(**raw), since, count, complete)

@@ -5,6 +5,7 @@ Each takes the request's `args` and returns the `result` object, or raises `OpEr
 
 from __future__ import annotations
 
+import difflib
 import re
 import secrets
 import threading
@@ -13,13 +14,17 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydicom.dataset import Dataset
+
 from agent import __version__
 from agent.config import Peer
 from agent.control.protocol import OpError
+from agent.dicom import files
 from agent.exam import Exam, Patient, Procedure, open_exam
 from agent.exam_book import Assignment, ExamConflict, ExamEntry
 from agent.net.echo import echo
 from agent.queue_report import queue_document
+from agent.timestamps import utc_iso
 from hardware.base import DriverError, ScanRequest
 
 if TYPE_CHECKING:
@@ -35,18 +40,19 @@ class Operations:
         self._simulating = threading.Lock()
 
     def table(self) -> dict[str, Op]:
-        return {
-            "status": self.status,
-            "exam.start": self.exam_start,
-            "exam.end": self.exam_end,
-            "exam.status": self.exam_status,
-            "exam.assign": self.exam_assign,
-            "simulate": self.simulate,
-            "queue": self.queue,
-            "retry": self.retry,
-            "wait": self.wait,
-            "echo": self.echo,
+        ops: dict[str, tuple[Op, set[str]]] = {
+            "status": (self.status, set()),
+            "exam.start": (self.exam_start, set(_EXAM_START_ARGS)),
+            "exam.end": (self.exam_end, {"discontinue"}),
+            "exam.status": (self.exam_status, set()),
+            "exam.assign": (self.exam_assign, {"series_instance_uid", "exam", "operator"}),
+            "simulate": (self.simulate, {"series", "slices", "rate", "token", "timeout"}),
+            "queue": (self.queue, set()),
+            "retry": (self.retry, {"study", "dest"}),
+            "wait": (self.wait, {"timeout"}),
+            "echo": (self.echo, {"names"}),
         }
+        return {name: _strict(op, allowed) for name, (op, allowed) in ops.items()}
 
     def hello(self) -> dict[str, Any]:
         cfg = self.d.cfg
@@ -132,6 +138,10 @@ class Operations:
         held = self.d.holding.find(series_uid)
         if held is None:
             raise OpError("not_found", f"no unassigned series {series_uid}")
+        if not held.complete:
+            raise OpError(
+                "conflict", f"series {series_uid} is still being acquired; assign it once it ended"
+            )
         entry = self.d.book.find(target)
         if entry is None:
             raise OpError("not_found", f"no exam with token or Study Instance UID {target}")
@@ -167,8 +177,10 @@ class Operations:
         rate = args.get("rate")
         if rate is not None and not (isinstance(rate, int | float) and rate > 0):
             raise OpError("bad_request", "rate: expected a positive number of slices per second")
-        timeout = float(args.get("timeout", 600))
+        timeout = _timeout(args, 600)
         token = args.get("token")
+        if token is not None and not isinstance(token, str):
+            raise OpError("bad_request", "token: expected text")
         if token is None:
             current = self.d.book.current
             if current is None:
@@ -184,11 +196,21 @@ class Operations:
                 raise OpError("failed", str(e)) from None
             with self.d.changed:
                 done = self.d.changed.wait_for(
-                    lambda: counts.slices_accepted + counts.slices_held - before >= wanted, timeout
+                    lambda: (
+                        self.d.stopping.is_set()
+                        or counts.slices_accepted + counts.slices_held - before >= wanted
+                    ),
+                    timeout,
                 )
             got = counts.slices_accepted + counts.slices_held - before
-        if not done:
-            raise OpError("timeout", f"{got} of {wanted} slices accepted in {timeout} s")
+        if got < wanted:
+            why = "the daemon is stopping" if done else f"not done after {timeout:g} s"
+            raise OpError(
+                "timeout",
+                f"{got} of {wanted} slices accepted: {why}",
+                requested=wanted,
+                accepted=got,
+            )
         return {"requested": wanted, "accepted": got}
 
     # -- delivery -------------------------------------------------------------------------
@@ -197,8 +219,8 @@ class Operations:
         return queue_document(self.d)
 
     def retry(self, args: dict[str, Any]) -> dict[str, Any]:
-        study = args.get("study")
-        dest = args.get("dest")
+        study = _string(args, "study", 64) or None
+        dest = _string(args, "dest", 32) or None
         if dest is not None and dest not in self.d.senders:
             raise OpError("not_found", f"no destination named {dest}")
         rearmed = self.d.spool.rearm(dest, study)
@@ -208,24 +230,28 @@ class Operations:
         return {"rearmed": rearmed}
 
     def wait(self, args: dict[str, Any]) -> dict[str, Any]:
-        timeout = float(args.get("timeout", 600))
+        timeout = _timeout(args, 600)
         deadline = time.monotonic() + timeout
         while True:
             doc = queue_document(self.d)
             open_items = [
-                (s["study_instance_uid"], d["name"], d["state"])
+                {
+                    "study_instance_uid": s["study_instance_uid"],
+                    "destination": d["name"],
+                    "state": d["state"],
+                }
                 for s in doc["studies"]
                 for d in s["destinations"]
                 if d["state"] not in ("delivered", "committed")
             ]
-            failed = [i for i in open_items if i[2] == "failed"]
+            failed = [i for i in open_items if i["state"] == "failed"]
             if failed:
                 raise OpError("failed", f"{len(failed)} delivery(ies) failed", failed=failed)
             if not open_items:
                 return {"done": True}
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise OpError("timeout", f"not done after {timeout} s", open=open_items)
+            if left <= 0 or self.d.stopping.is_set():
+                raise OpError("timeout", f"not done after {timeout:g} s", open=open_items)
             with self.d.changed:
                 self.d.changed.wait(min(left, 1.0))
 
@@ -260,6 +286,49 @@ class Operations:
 
 # -- argument checks and JSON shapes -----------------------------------------------------
 
+_EXAM_START_ARGS = (
+    "patient_id",
+    "patient_name",
+    "birth_date",
+    "sex",
+    "accession",
+    "unscheduled",
+    "operator",
+    "destinations",
+)
+MAX_TIMEOUT_S = 86400.0
+
+
+def _strict(op: Op, allowed: set[str]) -> Op:
+    """Unknown arguments are refused: a misspelt `discontinue` must not complete an exam."""
+
+    def checked(args: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(args) - allowed)
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], allowed, n=1)
+            also = f" (did you mean {hint[0]}?)" if hint else ""
+            raise OpError("bad_request", f"unknown argument {unknown[0]}{also}")
+        return op(args)
+
+    return checked
+
+
+def _timeout(args: dict[str, Any], default: float) -> float:
+    value = args.get("timeout", default)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0 < value <= MAX_TIMEOUT_S:
+        raise OpError(
+            "bad_request", f"timeout: expected seconds above 0, at most {MAX_TIMEOUT_S:g}"
+        )
+    return float(value)
+
+
+def _bool(args: dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise OpError("bad_request", f"{key}: expected true or false")
+    return value
+
 
 def _string(args: dict[str, Any], key: str, max_len: int, required: bool = False) -> str:
     value = args.get(key)
@@ -267,8 +336,15 @@ def _string(args: dict[str, Any], key: str, max_len: int, required: bool = False
         if required:
             raise OpError("bad_request", f"{key}: required")
         return ""
-    if not isinstance(value, str) or len(value) > max_len or any(ord(c) < 32 for c in value):
-        raise OpError("bad_request", f"{key}: expected text of at most {max_len} characters")
+    if (
+        not isinstance(value, str)
+        or len(value) > max_len
+        or "\\" in value  # DICOM's value separator: one value, never several
+        or any(ord(c) < 32 for c in value)
+    ):
+        raise OpError(
+            "bad_request", f"{key}: expected text of at most {max_len} characters, no backslash"
+        )
     return value.strip()
 
 
@@ -287,7 +363,7 @@ def _int(args: dict[str, Any], key: str, default: int, low: int, high: int) -> i
 
 
 def _patient_and_procedure(args: dict[str, Any]) -> tuple[Patient, Procedure]:
-    unscheduled = bool(args.get("unscheduled"))
+    unscheduled = _bool(args, "unscheduled")
     pid = _string(args, "patient_id", 64)
     name = _string(args, "patient_name", 64 * 5)
     if not pid and not name:
@@ -310,10 +386,22 @@ def _patient_and_procedure(args: dict[str, Any]) -> tuple[Patient, Procedure]:
     if sex not in _SEX:
         raise OpError("bad_request", "sex: expected M, F or O")
     accession = _string(args, "accession", 16)
+    _check_vrs(PatientName=name, PatientID=pid, AccessionNumber=accession)
     return (
         Patient(name=name, id=pid, birth_date=birth_date, sex=sex),
         Procedure(accession_number=accession, unscheduled=True),
     )
+
+
+def _check_vrs(**values: str) -> None:
+    """The DICOM rules for these values, checked now rather than failing at every slice."""
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    try:
+        files.validate(ds)
+    except files.InvalidDataset as e:
+        raise OpError("bad_request", str(e)) from None
 
 
 def exam_json(entry: ExamEntry) -> dict[str, Any]:
@@ -327,8 +415,8 @@ def exam_json(entry: ExamEntry) -> dict[str, Any]:
         "unscheduled": e.procedure.unscheduled,
         "operator": e.operator,
         "destinations": list(e.destinations),
-        "started": e.started.isoformat(),
+        "started": utc_iso(e.started),
         "state": entry.state,
-        "ended": entry.ended.isoformat() if entry.ended else None,
+        "ended": utc_iso(entry.ended) if entry.ended else None,
         "discontinue_reason": entry.discontinue_reason,
     }

@@ -9,6 +9,7 @@ from agent.timestamps import epoch_iso
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
+    from agent.exam import Exam
 
 
 def queue_document(d: Daemon) -> dict[str, Any]:
@@ -16,7 +17,7 @@ def queue_document(d: Daemon) -> dict[str, Any]:
     studies = []
     for s in d.spool.summary():
         entry = d.book.entry(s.exam_tokens[0]) if s.exam_tokens else None
-        destinations = []
+        destinations: list[dict[str, Any]] = []
         for dest in s.destinations:
             later = dest.next_attempt if dest.next_attempt and dest.next_attempt > now else None
             destinations.append(
@@ -31,6 +32,8 @@ def queue_document(d: Daemon) -> dict[str, Any]:
                     "next_attempt": epoch_iso(later) if dest.pending else None,
                 }
             )
+        if entry is not None and entry.is_open:
+            destinations += _deferred(d, entry.exam, s.images, {x.name for x in s.destinations})
         studies.append(
             {
                 "study_instance_uid": s.study_instance_uid,
@@ -57,3 +60,22 @@ def queue_document(d: Daemon) -> dict[str, Any]:
         "unassigned": [h.to_json() for h in d.holding.series()],
         "alarms": [a.to_json() for a in d.alarms.active()],
     }
+
+
+def _deferred(d: Daemon, exam: Exam, images: int, shown: set[str]) -> list[dict[str, Any]]:
+    """Destinations that take the exam only when it ends (send_while_scanning = false)."""
+    later = [n for n in exam.destinations if n not in d.route(exam) and n not in shown]
+    return [
+        {
+            "name": name,
+            "state": "pending",
+            "images": images,
+            "sent": 0,
+            "failed": 0,
+            "pending": images,
+            "last_error": None,
+            "next_attempt": None,
+            "deferred_until": "exam end",
+        }
+        for name in later
+    ]

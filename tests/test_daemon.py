@@ -4,6 +4,7 @@ attribution of series by exam token, independent destinations, restart recovery.
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from agent.control.client import ControlClient
+from agent.control.protocol import OpError
 from tests.agent_process import Agent, Dest, write_config
 from tests.peers import VALIDATE_DICOM, free_port, require, storescp
 
@@ -188,3 +191,71 @@ def test_echo_and_retry_after_a_refusing_archive(tmp_path: Path, stack: ExitStac
         assert r.returncode == 0, r.stderr
     assert len(archived(tmp_path / "archive")) == 3
     assert not any(a["kind"] == "delivery_failed" for a in agent.json("queue")["alarms"])
+
+
+def test_bad_requests_are_refused_before_anything_happens(tmp_path: Path, stack: ExitStack) -> None:
+    agent = start_agent(tmp_path, [Dest("PACS", free_port())], stack)
+    long_component = "A" * 70 + "^JANE"  # PN components are at most 64 characters
+    for args in (
+        ["--patient-id", "P1", "--patient-name", long_component],
+        ["--patient-id", "P1\\P2", "--patient-name", "DOE^JANE"],
+        ["--patient-id", "P1"],
+        ["--patient-id", "P1", "--patient-name", "DOE^JANE", "--birth-date", "19801340"],
+        ["--patient-id", "P1", "--patient-name", "DOE^JANE", "--dest", "NOWHERE"],
+    ):
+        r = agent.cli("exam", "start", *args)
+        assert r.returncode in (1, 2) and "Traceback" not in r.stderr, (args, r.stderr)
+    assert agent.json("exam", "status")["exam"] is None
+    assert (
+        agent.cli("exam", "start", "--patient-id", "P1", "--patient-name", "DOE^JANE").returncode
+        == 0
+    )
+    r = agent.cli("exam", "end", "--discontinue", "")
+    assert r.returncode == 2  # an empty reason is refused, not taken as "completed"
+    with ControlClient(tmp_path / "control.sock") as client:
+        with pytest.raises(OpError) as e:
+            client.request("exam.end", {"discontinu": "patient left"})
+        assert e.value.code == "bad_request" and "discontinue" in e.value.message
+        with pytest.raises(OpError) as e:
+            client.request("wait", {"timeout": 1e999})
+        assert e.value.code == "bad_request"
+    assert agent.json("exam", "status")["exam"]["state"] == "open"
+
+
+def test_a_held_series_is_assigned_only_once_complete(tmp_path: Path, stack: ExitStack) -> None:
+    port = stack.enter_context(storescp(tmp_path / "archive"))
+    agent = start_agent(tmp_path, [Dest("PACS", port)], stack)
+    exam = agent.json("exam", "start", "--patient-id", "P1", "--patient-name", "DOE^JANE")["exam"]
+    with ControlClient(tmp_path / "control.sock") as client:
+        held_slices = client.events(["slice"])
+        scan = threading.Thread(
+            target=agent.cli,
+            args=("simulate", "--slices", "12", "--rate", "3", "--token", "0badc0de"),
+        )
+        scan.start()
+        next(iter(held_slices))
+    (held,) = agent.json("queue")["unassigned"]
+    r = agent.cli("exam", "assign", "--series", held["series_instance_uid"], "--to", exam["token"])
+    assert r.returncode == 1 and "still being acquired" in r.stderr
+    scan.join()
+    r = agent.cli("exam", "assign", "--series", held["series_instance_uid"], "--to", exam["token"])
+    assert r.returncode == 0, r.stderr
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    assert len(archived(tmp_path / "archive")) == 12
+
+
+def test_send_at_exam_end_shows_as_pending_until_then(tmp_path: Path, stack: ExitStack) -> None:
+    port = stack.enter_context(storescp(tmp_path / "archive"))
+    agent = start_agent(tmp_path, [Dest("PACS", port, send_while_scanning=False)], stack)
+    assert (
+        agent.cli("exam", "start", "--patient-id", "P1", "--patient-name", "DOE^JANE").returncode
+        == 0
+    )
+    assert agent.cli("simulate", "--slices", "4").returncode == 0
+    (dest,) = agent.json("queue")["studies"][0]["destinations"]
+    assert dest["state"] == "pending" and dest["deferred_until"] == "exam end"
+    assert agent.cli("wait", "--timeout", "1").returncode == 3
+    assert archived(tmp_path / "archive") == []
+    assert agent.cli("exam", "end").returncode == 0
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    assert len(archived(tmp_path / "archive")) == 4
