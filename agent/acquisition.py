@@ -5,7 +5,7 @@ agent makes the hardware wait instead of losing data."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,18 @@ class AcquisitionCounts:
 Notify = Callable[[str, dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Routing:
+    """Where an exam's images go now, and where only once the exam has ended."""
+
+    now: tuple[str, ...]
+    deferred: tuple[str, ...] = ()
+
+
+def _send_everywhere_now(exam: Exam) -> Routing:
+    return Routing(exam.destinations)
+
+
 class Acquisition:
     def __init__(
         self,
@@ -56,7 +68,7 @@ class Acquisition:
         spool: Spool,
         exam_for_token: Callable[[str], Exam | None],
         *,
-        route: Callable[[Exam], Sequence[str]] = lambda exam: exam.destinations,
+        route: Callable[[Exam], Routing] = _send_everywhere_now,
         holding: Holding | None = None,
         on_accepted: Callable[[SpooledInstance, Exam], None] | None = None,
         notify: Notify | None = None,
@@ -145,7 +157,11 @@ class Acquisition:
         """Assemble one slice and make it durable in the spool, routed by `route`."""
         ds = self.assembler.image(series, slice_)
         record = instance_record(ds, series.exam.token)
-        spooled = self.spool.accept(record, files.encode(ds), self.route(series.exam))
+        routing = self.route(series.exam)
+        spooled = self.spool.accept(record, files.encode(ds), routing.now, routing.deferred)
+        if routing.deferred and self.route(series.exam).deferred != routing.deferred:
+            # the exam ended while this slice was being accepted: release what it deferred
+            self.spool.release_deferred(series.exam.token)
         self.counts.slices_accepted += 1
         self.notify(
             "slice.accepted",

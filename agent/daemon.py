@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from types import FrameType
 from typing import Any
 
 from agent import sdnotify
-from agent.acquisition import Acquisition
+from agent.acquisition import Acquisition, Routing
 from agent.alarms import Alarms
 from agent.config import Config
 from agent.control.server import ControlServer
@@ -102,7 +102,8 @@ class Daemon:
         )
         self._thread("acquisition", self._acquire, lambda: None)
         self.ops = Operations(self)
-        self.ops.route_ended_exams()
+        # an exam that ended just before a crash: its deferred deliveries are due now
+        self.spool.release_deferred_except(current.token if current else None)
         self.control = ControlServer(
             cfg.agent.control_socket, self.ops.table(), self.bus, hello_info=self.ops.hello
         )
@@ -164,21 +165,23 @@ class Daemon:
         with self.changed:
             self.changed.notify_all()
 
-    def route(self, exam: Exam) -> tuple[str, ...]:
-        """Where an image of `exam` goes now: destinations that send while scanning, and all
-        of them once the exam has ended (late reconstructions included)."""
+    def route(self, exam: Exam) -> Routing:
+        """Where an image of `exam` goes: destinations that send while scanning at once, the
+        others when the exam ends (late reconstructions of an ended exam: everywhere now)."""
         entry = self.book.entry(exam.token)
         ended = entry is not None and not entry.is_open
-        names = []
+        now: list[str] = []
+        later: list[str] = []
         for name in exam.destinations:
-            dest = next((d for d in self.cfg.destinations if d.name == name), None)
-            if dest is None:
+            try:
+                dest = self.cfg.destination(name)
+            except KeyError:
                 self.alarms.raise_(
                     "unknown_destination", f"destination {name} is not configured", name
                 )
-            elif ended or dest.send_while_scanning:
-                names.append(name)
-        return tuple(names)
+                continue
+            (now if ended or dest.send_while_scanning else later).append(name)
+        return Routing(tuple(now), tuple(later))
 
     def _exam_for_token(self, token: str) -> Exam | None:
         entry = self.book.entry(token)
@@ -194,9 +197,15 @@ class Daemon:
                 log.debug("acquisition", exc_info=True)
                 self.alarms.raise_("acquisition_error", f"acquisition failed: {type(e).__name__}")
 
+    def wake(self, destinations: Iterable[str]) -> None:
+        """Work is due for these destinations: cut their senders' idle wait short."""
+        for name in destinations:
+            sender = self.senders.get(name)
+            if sender is not None:
+                sender.wake()
+
     def _accepted(self, item: SpooledInstance, exam: Exam) -> None:
-        for name in self.route(exam):
-            self.senders[name].wake()
+        self.wake(self.route(exam).now)
 
     def _delivered(self, result: SendResult, destination: str) -> None:
         if result.verdict.outcome is Outcome.FAIL:

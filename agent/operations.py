@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 
 from agent import __version__
+from agent.assignment import assign_series
 from agent.config import Peer
 from agent.control.protocol import OpError
 from agent.dicom import files
 from agent.exam import Exam, Patient, Procedure, open_exam
-from agent.exam_book import Assignment, ExamConflict, ExamEntry
+from agent.exam_book import ExamConflict, ExamEntry
 from agent.net.echo import echo
 from agent.queue_report import queue_document
 from agent.timestamps import utc_iso
@@ -99,27 +100,12 @@ class Operations:
             entry = self.d.book.end(reason, datetime.now(UTC))
         except ExamConflict as e:
             raise OpError("conflict", str(e)) from None
+        if self.d.spool.release_deferred(entry.exam.token):
+            self.d.wake(entry.exam.destinations)
         self.d.driver.set_exam_token(None)
-        self._route_deferred(entry)
         ended = exam_json(entry)
         self.d.notify("exam.ended", ended)
         return {"exam": ended}
-
-    def route_ended_exams(self) -> None:
-        """At start: an exam that ended just before a crash gets its deferred destinations."""
-        for entry in self.d.book.entries():
-            if not entry.is_open:
-                self._route_deferred(entry)
-
-    def _route_deferred(self, entry: ExamEntry) -> None:
-        uids = [
-            i.sop_instance_uid
-            for i in self.d.spool.instances(entry.exam.study_instance_uid)
-            if i.record.exam_token == entry.exam.token
-        ]
-        for name in self.d.route(entry.exam):
-            if uids and self.d.spool.add_destination(uids, name):
-                self.d.senders[name].wake()
 
     def exam_status(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -135,39 +121,9 @@ class Operations:
     def exam_assign(self, args: dict[str, Any]) -> dict[str, Any]:
         series_uid = _string(args, "series_instance_uid", 64, required=True)
         target = _string(args, "exam", 64, required=True)
-        held = self.d.holding.find(series_uid)
-        if held is None:
-            raise OpError("not_found", f"no unassigned series {series_uid}")
-        if not held.complete:
-            raise OpError(
-                "conflict", f"series {series_uid} is still being acquired; assign it once it ended"
-            )
-        entry = self.d.book.find(target)
-        if entry is None:
-            raise OpError("not_found", f"no exam with token or Study Instance UID {target}")
-        acq = self.d.acquisition
-        series = acq.assembler.open_series(
-            entry.exam, held.start, reassigned=True, series_instance_uid=series_uid
-        )
-        done = {
-            i.record.instance_number
-            for i in self.d.spool.instances(entry.exam.study_instance_uid)
-            if i.record.series_instance_uid == series_uid
-        }
-        count = 0
-        for slice_ in self.d.holding.slices(held):
-            if slice_.index + 1 not in done:  # an earlier, interrupted assign got this far
-                acq.accept(series, slice_)
-            count += 1
         operator = _string(args, "operator", 64) or "unknown"
-        self.d.book.record_assignment(
-            Assignment(series_uid, entry.exam.token, operator, datetime.now(UTC))
-        )
-        self.d.holding.forget(held)
-        self.d.alarms.clear("unassigned_series", series_uid)
-        for name in self.d.route(entry.exam):
-            self.d.senders[name].wake()
-        return {"series_instance_uid": series_uid, "images": count, "exam": exam_json(entry)}
+        entry = assign_series(self.d, series_uid, target, operator)
+        return {"series_instance_uid": series_uid, "exam": exam_json(entry)}
 
     # -- acquisition ----------------------------------------------------------------------
 
@@ -224,9 +180,7 @@ class Operations:
         if dest is not None and dest not in self.d.senders:
             raise OpError("not_found", f"no destination named {dest}")
         rearmed = self.d.spool.rearm(dest, study)
-        for name, sender in self.d.senders.items():
-            if dest in (None, name):
-                sender.wake()
+        self.d.wake([dest] if dest else self.d.senders)
         return {"rearmed": rearmed}
 
     def wait(self, args: dict[str, Any]) -> dict[str, Any]:

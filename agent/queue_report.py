@@ -9,7 +9,6 @@ from agent.timestamps import epoch_iso
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
-    from agent.exam import Exam
 
 
 def queue_document(d: Daemon) -> dict[str, Any]:
@@ -28,12 +27,11 @@ def queue_document(d: Daemon) -> dict[str, Any]:
                     "sent": dest.sent,
                     "failed": dest.failed,
                     "pending": dest.pending,
+                    "deferred": dest.deferred,  # of pending: sent when the exam ends
                     "last_error": dest.last_error,
                     "next_attempt": epoch_iso(later) if dest.pending else None,
                 }
             )
-        if entry is not None and entry.is_open:
-            destinations += _deferred(d, entry.exam, s.images, {x.name for x in s.destinations})
         studies.append(
             {
                 "study_instance_uid": s.study_instance_uid,
@@ -60,22 +58,3 @@ def queue_document(d: Daemon) -> dict[str, Any]:
         "unassigned": [h.to_json() for h in d.holding.series()],
         "alarms": [a.to_json() for a in d.alarms.active()],
     }
-
-
-def _deferred(d: Daemon, exam: Exam, images: int, shown: set[str]) -> list[dict[str, Any]]:
-    """Destinations that take the exam only when it ends (send_while_scanning = false)."""
-    later = [n for n in exam.destinations if n not in d.route(exam) and n not in shown]
-    return [
-        {
-            "name": name,
-            "state": "pending",
-            "images": images,
-            "sent": 0,
-            "failed": 0,
-            "pending": images,
-            "last_error": None,
-            "next_attempt": None,
-            "deferred_until": "exam end",
-        }
-        for name in later
-    ]

@@ -253,7 +253,7 @@ def test_send_at_exam_end_shows_as_pending_until_then(tmp_path: Path, stack: Exi
     )
     assert agent.cli("simulate", "--slices", "4").returncode == 0
     (dest,) = agent.json("queue")["studies"][0]["destinations"]
-    assert dest["state"] == "pending" and dest["deferred_until"] == "exam end"
+    assert dest["state"] == "pending" and dest["deferred"] == 4
     assert agent.cli("wait", "--timeout", "1").returncode == 3
     assert archived(tmp_path / "archive") == []
     assert agent.cli("exam", "end").returncode == 0

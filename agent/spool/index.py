@@ -48,7 +48,9 @@ CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid, seq
 CREATE TABLE IF NOT EXISTS deliveries (
     seq INTEGER NOT NULL REFERENCES instances (seq) ON DELETE CASCADE,
     destination TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'failed')),
+    -- deferred: routed, but sent only once its exam ends (send_while_scanning = false)
+    state TEXT NOT NULL
+        CHECK (state IN ('deferred', 'pending', 'sending', 'delivered', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL,                  -- epoch seconds (wall clock)
     last_error TEXT,
@@ -145,6 +147,7 @@ class Index:
         sha256: str,
         destinations: Sequence[str],
         now: float,
+        deferred: Sequence[str] = (),
     ) -> SpooledInstance:
         with self._write() as conn:
             cur = conn.execute(
@@ -168,8 +171,9 @@ class Index:
             assert seq is not None
             conn.executemany(
                 "INSERT INTO deliveries (seq, destination, state, next_attempt, updated_at)"
-                " VALUES (?, ?, 'pending', ?, ?)",
-                [(seq, d, now, now) for d in destinations],
+                " VALUES (?, ?, ?, ?, ?)",
+                [(seq, d, "pending", now, now) for d in destinations]
+                + [(seq, d, "deferred", now, now) for d in deferred],
             )
         return SpooledInstance(record, seq=seq, size=size, sha256=sha256, accepted_at=now)
 
@@ -274,6 +278,28 @@ class Index:
                 )
                 added += cur.rowcount
         return added
+
+    def release_deferred(self, exam_token: str, now: float) -> int:
+        """The exam ended: its deferred deliveries become pending, in one transaction."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt = ?1, updated_at = ?1"
+                " WHERE state = 'deferred'"
+                " AND seq IN (SELECT seq FROM instances WHERE exam_token = ?2)",
+                (now, exam_token),
+            )
+            return cur.rowcount
+
+    def release_deferred_except(self, open_token: str | None, now: float) -> int:
+        """At start: only the open exam may still hold deferred deliveries."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt = ?1, updated_at = ?1"
+                " WHERE state = 'deferred' AND seq NOT IN"
+                " (SELECT seq FROM instances WHERE exam_token IS ?2)",
+                (now, open_token),
+            )
+            return cur.rowcount
 
     def rearm(self, destination: str | None, study_uid: str | None, now: float) -> int:
         with self._write() as conn:

@@ -56,6 +56,7 @@ def check_destination(name: str) -> str:
 
 
 class DeliveryState(StrEnum):
+    DEFERRED = "deferred"  # sent once its exam ends (send_while_scanning = false)
     PENDING = "pending"
     SENDING = "sending"
     DELIVERED = "delivered"
@@ -130,6 +131,7 @@ class Delivery:
 class DestinationSummary:
     name: str
     state: str  # pending, sending, delivered, committed or failed (the worst first)
+    deferred: int  # of `pending`: held back until the exam ends
     images: int  # instances of the study routed to this destination
     sent: int  # delivered (committed included)
     committed: int

@@ -134,9 +134,14 @@ class Spool:
     # -- accepting ------------------------------------------------------------------------------
 
     def accept(
-        self, record: InstanceRecord, data: bytes, destinations: Sequence[str]
+        self,
+        record: InstanceRecord,
+        data: bytes,
+        destinations: Sequence[str],
+        deferred: Sequence[str] = (),
     ) -> SpooledInstance:
-        """Make `data` durable and index it with one pending delivery per destination.
+        """Make `data` durable and index it with one pending delivery per destination (and a
+        deferred one per destination in `deferred`: see release_deferred).
 
         Returns only once the file is fsynced under its final name, its folder fsynced and the
         index row committed. Accepting an already indexed SOP Instance UID with the same bytes
@@ -144,6 +149,7 @@ class Spool:
         add_destination); other bytes or metadata raise SpoolConflict.
         """
         dests = list(dict.fromkeys(check_destination(d) for d in _uids(destinations)))
+        later = [check_destination(d) for d in _uids(deferred) if d not in dests]
         digest = hashlib.sha256(data).hexdigest()
         with self._reserved(record.sop_instance_uid):
             found = self._index.get(record.sop_instance_uid)
@@ -154,7 +160,9 @@ class Spool:
                 self._orphan(final)
             files.write_durable(final, data)
             try:
-                return self._index.insert(record, len(data), digest, dests, self._clock())
+                return self._index.insert(
+                    record, len(data), digest, dests, self._clock(), deferred=later
+                )
             except BaseException:
                 with suppress(OSError):
                     files.remove_durable(final)
@@ -312,6 +320,14 @@ class Spool:
             "state = 'failed', attempts = attempts + 1, last_error = :error",
             {"now": self._clock(), "error": error},
         )
+
+    def release_deferred(self, exam_token: str) -> int:
+        """The exam ended: its deferred deliveries become pending now (one transaction)."""
+        return self._index.release_deferred(exam_token, self._clock())
+
+    def release_deferred_except(self, open_token: str | None) -> int:
+        """At start: deferred deliveries of any exam but the open one become pending."""
+        return self._index.release_deferred_except(open_token, self._clock())
 
     def rearm(self, destination: str | None = None, study_uid: str | None = None) -> int:
         """failed -> pending and waiting retries due now (attempts reset), optionally filtered."""

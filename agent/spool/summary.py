@@ -10,7 +10,8 @@ from .model import DestinationSummary, StudySummary
 _PER_DESTINATION = """
 SELECT i.study_instance_uid, d.destination, count(*),
        sum(d.state = 'delivered'), sum(d.commitment IS 'committed'), sum(d.state = 'failed'),
-       sum(d.state IN ('pending', 'sending')), sum(d.state = 'sending'),
+       sum(d.state IN ('deferred', 'pending', 'sending')), sum(d.state = 'sending'),
+       sum(d.state = 'deferred'),
        min(CASE WHEN d.state = 'pending' THEN d.next_attempt END)
 FROM deliveries d JOIN instances i ON i.seq = d.seq
 GROUP BY i.study_instance_uid, d.destination ORDER BY d.destination
@@ -19,7 +20,7 @@ GROUP BY i.study_instance_uid, d.destination ORDER BY d.destination
 _LAST_ERROR = """
 SELECT i.study_instance_uid, d.destination, d.last_error, max(d.updated_at)
 FROM deliveries d JOIN instances i ON i.seq = d.seq
-WHERE d.last_error IS NOT NULL AND d.state IN ('pending', 'sending', 'failed')
+WHERE d.last_error IS NOT NULL AND d.state IN ('deferred', 'pending', 'sending', 'failed')
 GROUP BY i.study_instance_uid, d.destination
 """
 _STUDIES = """
@@ -49,13 +50,23 @@ def summarize(index: Index) -> list[StudySummary]:
     for study, token, _ in index.query(_TOKENS):
         tokens[study].append(token)
     destinations: dict[str, list[DestinationSummary]] = defaultdict(list)
-    for study, dest, images, sent, committed, failed, pending, sending, nxt in index.query(
-        _PER_DESTINATION
-    ):
+    for (
+        study,
+        dest,
+        images,
+        sent,
+        committed,
+        failed,
+        pending,
+        sending,
+        deferred,
+        nxt,
+    ) in index.query(_PER_DESTINATION):
         destinations[study].append(
             DestinationSummary(
                 name=dest,
                 state=_state(images, committed, failed, pending, sending),
+                deferred=deferred,
                 images=images,
                 sent=sent,
                 committed=committed,
