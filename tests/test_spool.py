@@ -157,7 +157,7 @@ def test_closed_spool_raises(tmp_path: Path) -> None:
 
 
 def test_failed_commit_leaves_no_file(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*args: object) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(spool._index, "insert", boom)
