@@ -52,6 +52,10 @@ class Alarms:
         if alarm is not None:
             self._notify("alarm.cleared", alarm.to_json())
 
+    def is_active(self, kind: str, subject: str = "") -> bool:
+        with self._lock:
+            return (kind, subject) in self._active
+
     def active(self) -> list[Alarm]:
         with self._lock:
             return sorted(self._active.values(), key=lambda a: a.since)

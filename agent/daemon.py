@@ -6,6 +6,7 @@ systemd is told READY and the watchdog is fed while every component thread is al
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -29,9 +30,9 @@ from agent.holding import Holding
 from agent.net.outcome import Outcome
 from agent.net.sender import SendResult
 from agent.operations import Operations
-from agent.spool import Spool, SpooledInstance
+from agent.spool import DeliveryState, Spool, SpooledInstance
 from hardware import open_driver
-from hardware.base import Driver
+from hardware.base import Driver, DriverError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Daemon:
         self.stopping = threading.Event()
         self._driver = driver
         self._threads: list[threading.Thread] = []
+        self._first_connect = threading.Event()  # the hardware was tried once
         self._undo: list[Callable[[], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -61,8 +63,7 @@ class Daemon:
         cfg.agent.spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(cfg.agent.spool_dir)
         self._undo.append(self.spool.close)
-        for problem in self.spool.problems:
-            self.alarms.raise_("spool_problem", problem.message, problem.sop_instance_uid)
+        self._check_spool()
         self.book = ExamBook(cfg.agent.spool_dir / "exams.json")
         self.uids = UidFactory(cfg.agent.uid_root)
         self.holding = Holding(cfg.agent.spool_dir / "unassigned", self.uids)
@@ -82,13 +83,15 @@ class Daemon:
             )
             for d in cfg.destinations
         }
-        for name, sender in self.senders.items():
-            self._thread(f"send-{name}", sender.run, sender.wake)
-        self.driver = self._driver or open_driver(cfg.hardware.driver, cfg.hardware.options)
-        self.driver.open()
-        self._undo.append(self.driver.close)
+        # an exam that ended just before a crash: its deferred deliveries are due now
         current = self.book.current
-        self.driver.set_exam_token(current.token if current else None)
+        self.spool.release_deferred_except(current.token if current else None)
+        for name, sender in self.senders.items():
+            self._thread(f"send-{name}", partial(sender.run, self.stopping), sender.wake)
+        # opened by the acquisition thread, which reconnects: images already spooled are
+        # delivered and the socket answers even while the scanner link is down
+        self.driver = self._driver or open_driver(cfg.hardware.driver, cfg.hardware.options)
+        self._undo.append(self.driver.close)
         self.acquisition = Acquisition(
             self.driver,
             Assembler(cfg.equipment, self.uids),
@@ -101,9 +104,8 @@ class Daemon:
             alarms=self.alarms,
         )
         self._thread("acquisition", self._acquire, lambda: None)
+        self._first_connect.wait(10)
         self.ops = Operations(self)
-        # an exam that ended just before a crash: its deferred deliveries are due now
-        self.spool.release_deferred_except(current.token if current else None)
         self.control = ControlServer(
             cfg.agent.control_socket, self.ops.table(), self.bus, hello_info=self.ops.hello
         )
@@ -114,11 +116,31 @@ class Daemon:
             "modality-agent ready (AE %s, %s hardware)", cfg.agent.ae_title, cfg.hardware.driver
         )
 
-    def _thread(self, name: str, target: Callable[..., None], wake: Callable[[], None]) -> None:
-        if name.startswith("send-"):
-            t = threading.Thread(target=target, args=(self.stopping,), name=name, daemon=True)
-        else:
-            t = threading.Thread(target=target, name=name, daemon=True)
+    def _check_spool(self) -> None:
+        """What recovery found is shown, and a damaged instance fails instead of waiting."""
+        for problem in self.spool.problems:
+            self.alarms.raise_("spool_problem", problem.message, problem.sop_instance_uid)
+            if problem.kind == "orphan":
+                continue
+            for d in self.spool.deliveries(problem.sop_instance_uid):
+                if d.state in (DeliveryState.PENDING, DeliveryState.DEFERRED):
+                    self.spool.mark_failed(
+                        [problem.sop_instance_uid], d.destination, problem.message
+                    )
+        configured = {d.name for d in self.cfg.destinations}
+        for study in self.spool.summary():
+            for dest in study.destinations:
+                if dest.name not in configured and dest.pending:
+                    self.alarms.raise_(
+                        "unknown_destination",
+                        f"{dest.pending} image(s) wait for destination {dest.name}, which is no "
+                        "longer configured",
+                        dest.name,
+                    )
+
+    def _thread(self, name: str, target: Callable[[], None], wake: Callable[[], None]) -> None:
+        """A component thread; stopping sets `stopping`, wakes it and joins it."""
+        t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -188,14 +210,37 @@ class Daemon:
         return entry.exam if entry else None
 
     def _acquire(self) -> None:
+        """The acquisition thread: (re)connect the hardware, then handle its events. Errors
+        back off exponentially: a broken link or a bug never spins or floods the journal."""
+        failures = 0
+        connected = False
         while not self.stopping.is_set():
             try:
+                if not connected:
+                    self.driver.open()
+                    current = self.book.current
+                    self.driver.set_exam_token(current.token if current else None)
+                    connected = True
+                    self.alarms.clear("hardware_disconnected")
+                    self._first_connect.set()
                 self.acquisition.poll(0.2)
+                failures = 0
+            except DriverError as e:
+                failures += 1
+                connected = False
+                self.alarms.raise_("hardware_disconnected", f"acquisition hardware: {e}")
+                self._first_connect.set()
+                log.error("hardware: %s; reconnecting", e)
+                with contextlib.suppress(Exception):
+                    self.driver.close()
             except Exception as e:  # a bad event never stops acquisition
+                failures += 1
                 # the message may quote a patient's data: its text goes to DEBUG only
                 log.error("acquisition failed: %s (details at debug level)", type(e).__name__)
                 log.debug("acquisition", exc_info=True)
                 self.alarms.raise_("acquisition_error", f"acquisition failed: {type(e).__name__}")
+            if failures:
+                self.stopping.wait(min(30.0, 0.1 * 2 ** min(failures, 10)))
 
     def wake(self, destinations: Iterable[str]) -> None:
         """Work is due for these destinations: cut their senders' idle wait short."""
@@ -207,12 +252,18 @@ class Daemon:
     def _accepted(self, item: SpooledInstance, exam: Exam) -> None:
         self.wake(self.route(exam).now)
 
+    def _nothing_failed(self, destination: str) -> bool:
+        """Checked only while the alarm is up: the spool query is not on every delivery."""
+        if not self.alarms.is_active("delivery_failed", destination):
+            return False
+        return self.spool.count(destination, DeliveryState.FAILED) == 0
+
     def _delivered(self, result: SendResult, destination: str) -> None:
         if result.verdict.outcome is Outcome.FAIL:
             self.alarms.raise_(
                 "delivery_failed", f"{destination}: {result.verdict.reason}", destination
             )
-        elif result.verdict.outcome is Outcome.OK:
+        elif result.verdict.outcome is Outcome.OK and self._nothing_failed(destination):
             self.alarms.clear("delivery_failed", destination)
         self.notify(
             "delivery.progress",

@@ -46,7 +46,11 @@ class DestinationSender:
         self._wake = threading.Event()
 
     def wake(self) -> None:
-        """New instances are due (or a person asked to retry now): cut any wait short."""
+        """New instances are due: cut the idle wait short (a backoff wait stays)."""
+        self._wake.set()
+
+    def retry_now(self) -> None:
+        """A person asked to retry: end any backoff wait too."""
         self.status.hold_until = None
         self._wake.set()
 
@@ -56,12 +60,27 @@ class DestinationSender:
             if hold is not None and hold > time.time():
                 self._wait(hold - time.time(), stop)
                 continue
-            if self.send_due() == 0:
+            try:
+                sent = self.send_due()
+            except Exception as e:  # a bug or a broken spool must not end delivery for good
+                log.exception("%s: delivery loop", self.destination.name)
+                self._hold(f"internal error: {type(e).__name__}")
+                continue
+            if sent == 0:
                 self._wait(idle_poll_s, stop)
 
     def _wait(self, seconds: float, stop: threading.Event) -> None:
         self._wake.wait(max(0.0, seconds))
         self._wake.clear()
+
+    def _hold(self, reason: str) -> float:
+        """Back off the whole destination; return the time of the next attempt."""
+        self.status.failures_in_a_row += 1
+        delay = self.backoff.delay(self.status.failures_in_a_row)
+        self.status.hold_until = time.time() + delay
+        self.status.last_error = reason
+        log.warning("%s: %s; next attempt in %.1f s", self.destination.name, reason, delay)
+        return self.status.hold_until
 
     def send_due(self) -> int:
         """Send one batch of due instances; return how many were attempted."""
@@ -88,23 +107,36 @@ class DestinationSender:
             if r.verdict.outcome is Outcome.FAIL:
                 self.spool.mark_failed([r.sop_instance_uid], name, r.verdict.reason)
         retry = [r for r in results if r.verdict.outcome is Outcome.RETRY]
-        if retry:
-            self.status.failures_in_a_row += 1
-            delay = self.backoff.delay(self.status.failures_in_a_row)
-            self.status.hold_until = time.time() + delay
-            self.status.last_error = retry[0].verdict.reason
+        if retry and (not ok or any(r.association_level for r in retry)):
+            # the archive or the link is the problem: the whole destination waits
+            next_attempt = self._hold(retry[0].verdict.reason)
             by_reason: dict[str, list[str]] = {}
             for r in retry:
                 by_reason.setdefault(r.verdict.reason, []).append(r.sop_instance_uid)
             for reason, uids in by_reason.items():
-                self.spool.mark_retry(uids, name, reason, self.status.hold_until)
-            log.warning("%s: %s; next attempt in %.1f s", name, retry[0].verdict.reason, delay)
-        elif ok:
-            self.status.failures_in_a_row = 0
-            self.status.last_error = None
+                self.spool.mark_retry(uids, name, reason, next_attempt)
+        else:
+            for r in retry:  # this instance only: it waits, the others go on
+                self._retry_later(r)
+            if ok:
+                self.status.failures_in_a_row = 0
+                self.status.last_error = None
         if self._on_delivery is not None:
             for r in results:
                 self._on_delivery(r)
+
+    def _retry_later(self, result: SendResult) -> None:
+        name = self.destination.name
+        attempts = next(
+            (
+                d.attempts
+                for d in self.spool.deliveries(result.sop_instance_uid)
+                if d.destination == name
+            ),
+            0,
+        )
+        when = time.time() + self.backoff.delay(attempts + 1)
+        self.spool.mark_retry([result.sop_instance_uid], name, result.verdict.reason, when)
 
 
 def _outgoing(spool: Spool, item: SpooledInstance) -> Outgoing:

@@ -18,7 +18,6 @@ from pydicom.dataset import Dataset
 
 from agent import __version__
 from agent.assignment import assign_series
-from agent.config import Peer
 from agent.control.protocol import OpError
 from agent.dicom import files
 from agent.exam import Exam, Patient, Procedure, open_exam
@@ -39,6 +38,8 @@ class Operations:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
         self._simulating = threading.Lock()
+        # exam start and end, with the token given to the hardware, happen one at a time
+        self._lifecycle = threading.Lock()
 
     def table(self) -> dict[str, Op]:
         ops: dict[str, tuple[Op, set[str]]] = {
@@ -67,6 +68,14 @@ class Operations:
     # -- exams ----------------------------------------------------------------------------
 
     def exam_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._lifecycle:
+            return self._exam_start(args)
+
+    def exam_end(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._lifecycle:
+            return self._exam_end(args)
+
+    def _exam_start(self, args: dict[str, Any]) -> dict[str, Any]:
         patient, procedure = _patient_and_procedure(args)
         names = _strings(args, "destinations") or [d.name for d in self.d.cfg.default_destinations]
         known = {d.name for d in self.d.cfg.destinations}
@@ -92,7 +101,7 @@ class Operations:
         self.d.notify("exam.started", started)
         return {"exam": started}
 
-    def exam_end(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _exam_end(self, args: dict[str, Any]) -> dict[str, Any]:
         reason = args.get("discontinue")
         if reason is not None and (not isinstance(reason, str) or not reason.strip()):
             raise OpError("bad_request", "discontinue: expected a non-empty reason")
@@ -180,7 +189,9 @@ class Operations:
         if dest is not None and dest not in self.d.senders:
             raise OpError("not_found", f"no destination named {dest}")
         rearmed = self.d.spool.rearm(dest, study)
-        self.d.wake([dest] if dest else self.d.senders)
+        for name, sender in self.d.senders.items():
+            if dest in (None, name):
+                sender.retry_now()
         return {"rearmed": rearmed}
 
     def wait(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -211,8 +222,7 @@ class Operations:
 
     def echo(self, args: dict[str, Any]) -> dict[str, Any]:
         cfg = self.d.cfg
-        peers: dict[str, Peer] = {d.name: d for d in cfg.destinations}
-        peers.update({k: p for k, p in (("worklist", cfg.worklist), ("mpps", cfg.mpps)) if p})
+        peers = cfg.peers()
         names = _strings(args, "names") or list(peers)
         unknown = [n for n in names if n not in peers]
         if unknown:

@@ -103,11 +103,15 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def set_exam_token(self, token: str | None) -> None:
-        """Tell the hardware the token of the exam now open (None: no exam open)."""
+        """Tell the hardware the token of the exam now open (None: no exam open).
+
+        Callable before `open()` and while disconnected: the driver remembers the token and
+        hands it over on every (re)connection. Never raises."""
 
     @abc.abstractmethod
     def read_event(self, timeout: float) -> Event | None:
-        """The next event, or None when none arrived within `timeout` seconds."""
+        """The next event, or None when none arrived within `timeout` seconds. Raises
+        `DriverError` when the link is lost; the caller closes and opens the driver again."""
 
     @abc.abstractmethod
     def release(self, slice_: SliceReady) -> None:

@@ -18,7 +18,7 @@ from agent.net.retry import Backoff
 from agent.net.sender import SendResult
 from agent.spool import Delivery, DeliveryState, Spool, SpooledInstance
 from tests import factory
-from tests.fault_scp import NO_RESPONSE, FaultSCP, by_instance
+from tests.fault_scp import NO_RESPONSE, FaultSCP, always, by_instance
 from tests.peers import storescp
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -107,18 +107,33 @@ def test_out_of_resources_is_retried_with_backoff(tmp_path: Path) -> None:
         assert held.next_attempt >= before + 2.5  # Backoff(5): a wait in [2.5, 5] s
         assert held.last_error and "out of resources" in held.last_error
         assert "0xA700" in held.last_error
-        assert sender.status.hold_until is not None and sender.status.hold_until > time.time()
-        assert sender.status.failures_in_a_row == 1
-        assert sender.send_due() == 0  # not due before the backoff ends: no tight loop
+        # one instance's trouble: it waits, the destination does not (SPEC §6)
+        assert sender.status.hold_until is None and sender.status.failures_in_a_row == 0
+        assert sender.send_due() == 0  # not due before its backoff ends: no tight loop
         # the archive has room again and a person asks to retry now
         scp.answer = by_instance({})
         assert spool.rearm("PACS") == 1
-        sender.wake()
+        sender.retry_now()
         assert sender.send_due() == 1
         assert scp.associations == 2
     assert states(spool, accepted) == [DELIVERED] * 3
     assert sender.status.failures_in_a_row == 0 and sender.status.hold_until is None
     assert scp.stored() == {i.sop_instance_uid for i in accepted}
+    assert nothing_lost(spool, accepted)
+
+
+def test_an_archive_refusing_everything_holds_the_destination(tmp_path: Path) -> None:
+    spool, accepted = factory.spooled(tmp_path / "spool", factory.ct_images(3))
+    with FaultSCP(always(0xA700)) as scp:
+        sender, _ = sender_for(scp.port, spool, Backoff(5, 60))
+        assert sender.send_due() == 3
+        assert states(spool, accepted) == [PENDING] * 3
+        assert sender.status.hold_until is not None and sender.status.hold_until > time.time()
+        assert sender.status.failures_in_a_row == 1
+        sender.wake()  # new images arriving do not cut the backoff short
+        assert sender.status.hold_until is not None
+        assert sender.send_due() == 0
+        assert scp.associations == 1
     assert nothing_lost(spool, accepted)
 
 

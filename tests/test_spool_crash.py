@@ -21,7 +21,6 @@ from agent.spool import Spool
 
 WRITER = Path(__file__).resolve().parent / "spool_writer.py"
 ITERATIONS = 40
-BUDGET_S = 30.0
 
 
 def run_and_kill(root: Path, tag: int, rng: random.Random) -> tuple[dict[str, str], str]:
@@ -97,4 +96,3 @@ def test_kill_9_loses_no_accepted_instance(tmp_path: Path) -> None:
         f" intact; recovery removed {temp_removed} temporary files, moved {orphans} orphans"
     )
     assert total_accepted > 0
-    assert elapsed < BUDGET_S * 2, "far over the time budget"

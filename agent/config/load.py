@@ -235,6 +235,13 @@ def semantic_problems(config: Config, raw: Mapping[str, Any]) -> list[tuple[str,
                 resolve(name)
             except ValueError as e:
                 found.append((f"{here}.transfer_syntaxes[{j}]", f"expected a transfer syntax: {e}"))
+        if d.storage_commitment:
+            found.append(
+                (
+                    f"{here}.storage_commitment",
+                    "expected false: storage commitment is not available in this version yet",
+                )
+            )
         if d.storage_commitment and config.agent.listen_port is None:
             found.append(
                 (
@@ -244,10 +251,9 @@ def semantic_problems(config: Config, raw: Mapping[str, Any]) -> list[tuple[str,
             )
     if not config.default_destinations:
         found.append(("destinations", "expected at least one destination with default = true"))
-    peers: list[tuple[str, Peer]] = [
-        (f"destinations[{i}]", d) for i, d in enumerate(config.destinations)
-    ]
-    peers += [(k, p) for k, p in (("worklist", config.worklist), ("mpps", config.mpps)) if p]
+    keys = {d.name: f"destinations[{i}]" for i, d in enumerate(config.destinations)}
+    peers = [(keys.get(name, name), p) for name, p in config.peers().items()]
+
     for key, peer in peers:
         if peer.tls is None:
             continue

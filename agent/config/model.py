@@ -86,6 +86,12 @@ class Config:
                 return d
         raise KeyError(name)
 
+    def peers(self) -> dict[str, Peer]:
+        """Every remote AE by the name the CLI uses: destinations, `worklist`, `mpps`."""
+        named: dict[str, Peer] = {d.name: d for d in self.destinations}
+        named.update({k: p for k, p in (("worklist", self.worklist), ("mpps", self.mpps)) if p})
+        return named
+
     @property
     def default_destinations(self) -> tuple[Destination, ...]:
         return tuple(d for d in self.destinations if d.default)

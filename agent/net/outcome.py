@@ -33,6 +33,9 @@ _EXACT: dict[int, tuple[Outcome, str]] = {
     0xB006: (Outcome.OK, "warning: elements discarded"),
     0xB007: (Outcome.OK, "warning: data set does not match SOP class"),
     0x0110: (Outcome.RETRY, "processing failure at the archive"),
+    # not a C-STORE status in PS3.4, but archives send it for an instance they already hold,
+    # e.g. when our earlier attempt succeeded and its answer was lost
+    0x0111: (Outcome.OK, "warning: the archive already has this instance"),
     0x0117: (Outcome.FAIL, "invalid SOP instance"),
     0x0122: (Outcome.FAIL, "SOP class not supported by the archive"),
     0x0124: (Outcome.FAIL, "refused: not authorised"),

@@ -35,6 +35,8 @@ class SendResult:
     sop_instance_uid: str
     verdict: Verdict
     transfer_syntax_uid: str | None = None  # what it was sent in
+    # the association failed or was lost, not this instance: the destination backs off
+    association_level: bool = False
 
 
 def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) -> list[SendResult]:
@@ -50,14 +52,14 @@ def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) ->
     if opened.assoc is None:
         assert opened.verdict is not None
         log.warning("%s: %s", dest.name, opened.verdict.reason)
-        return [SendResult(o.sop_instance_uid, opened.verdict) for o in batch]
+        return [SendResult(o.sop_instance_uid, opened.verdict, None, True) for o in batch]
     assoc = opened.assoc
     results: list[SendResult] = []
     try:
         for item in batch:
             if not assoc.is_established:
                 lost = Verdict(Outcome.RETRY, "association lost before this instance was sent")
-                results.append(SendResult(item.sop_instance_uid, lost))
+                results.append(SendResult(item.sop_instance_uid, lost, None, True))
                 continue
             results.append(_store_one(assoc, item, syntaxes))
     finally:
@@ -83,12 +85,14 @@ def _store_one(assoc: Association, item: Outgoing, syntaxes: Sequence[str]) -> S
         status = assoc.send_c_store(ds)
     except RuntimeError:  # the association ended under us (abort, peer closed)
         lost = Verdict(Outcome.RETRY, "association lost while sending this instance")
-        return SendResult(item.sop_instance_uid, lost)
+        return SendResult(item.sop_instance_uid, lost, ts, True)
     except (AttributeError, ValueError, OSError) as e:  # pynetdicom's "cannot encode" family
         log.exception("C-STORE of %s could not be sent", item.sop_instance_uid)
         return SendResult(item.sop_instance_uid, Verdict(Outcome.FAIL, f"cannot send: {e}"))
     code = int(status.Status) if status and "Status" in status else None
     verdict = store_verdict(code)
+    if code is None:  # timeout or abort: pynetdicom has aborted the association
+        return SendResult(item.sop_instance_uid, verdict, ts, True)
     if verdict.outcome is not Outcome.OK or code != 0:
         log.info("C-STORE %s: %s", item.sop_instance_uid, verdict.reason)
     return SendResult(item.sop_instance_uid, verdict, ts)

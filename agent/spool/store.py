@@ -29,6 +29,7 @@ from . import files
 from .index import Index
 from .model import (
     Delivery,
+    DeliveryState,
     InstanceRecord,
     RecoveryReport,
     SpoolConflict,
@@ -342,3 +343,11 @@ class Spool:
 
     def summary(self) -> list[StudySummary]:
         return summarize(self._index)
+
+    def count(self, destination: str, state: DeliveryState) -> int:
+        """How many deliveries to `destination` are in `state`."""
+        rows = self._index.query(
+            "SELECT count(*) FROM deliveries WHERE destination = ? AND state = ?",
+            (destination, state.value),
+        )
+        return int(rows[0][0])
