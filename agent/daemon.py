@@ -272,5 +272,6 @@ class Daemon:
                 "sop_instance_uid": result.sop_instance_uid,
                 "outcome": result.verdict.outcome.value,
                 "reason": result.verdict.reason,
+                "transfer_syntax": result.transfer_syntax_uid,
             },
         )

@@ -1,7 +1,7 @@
 """`modality-agent demo`: the whole pipeline on embedded defaults, no config, no root.
 
-A bundled archive on a free loopback port, the mock scanner, one exam (two series unless a
-single image is asked for), every image delivered; then a summary.
+A bundled archive on a free loopback port, the real daemon on the mock scanner, one exam (two
+series unless a single image is asked for), every image delivered; then a summary.
 """
 
 from __future__ import annotations
@@ -13,32 +13,28 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from pydicom.uid import UID
 
-from agent.acquisition import Acquisition
 from agent.config import AgentSettings, Config, Destination, Equipment, HardwareSettings
-from agent.delivery import DestinationSender
-from agent.dicom.assembler import Assembler
-from agent.dicom.uids import UidFactory
-from agent.exam import Patient, Procedure, open_exam
+from agent.control.protocol import OpError
+from agent.daemon import Daemon
+from agent.events import Subscription
 from agent.net.archive import Archive
-from agent.net.outcome import Outcome
-from agent.net.retry import Backoff
-from agent.net.sender import SendResult
-from agent.spool import Spool
-from hardware.base import ScanRequest
-from hardware.mock import MockDriver
 
 DEADLINE_S = 600.0
 PREFERRED = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
-def demo_config(work: Path, archive_port: int) -> Config:
+def demo_config(work: Path, archive_port: int, socket_dir: Path) -> Config:
     return Config(
         source=Path("<demo defaults>"),
         agent=AgentSettings(
-            ae_title="CT_DEMO", spool_dir=work / "spool", control_socket=work / "control.sock"
+            ae_title="CT_DEMO",
+            spool_dir=work / "spool",
+            # a short path of its own: Unix socket paths are limited to 107 bytes
+            control_socket=socket_dir / "control.sock",
         ),
         equipment=Equipment(
             manufacturer="modality-agent",
@@ -57,6 +53,8 @@ def demo_config(work: Path, archive_port: int) -> Config:
                 name="DEMO-ARCHIVE",
                 transfer_syntaxes=PREFERRED,
                 default=True,
+                retry_initial_s=0.2,
+                retry_max_s=2.0,
             ),
         ),
     )
@@ -68,22 +66,44 @@ def series_sizes(total: int) -> list[int]:
 
 
 class _Progress:
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.tty = sys.stderr.isatty()
-        self._last = 0.0
+    """Counts what the daemon reports, and shows it on stderr while the demo runs."""
 
-    def show(self, acquired: int, delivered: int, force: bool = False) -> None:
+    def __init__(self, events: Subscription, total: int) -> None:
+        self.total = total
+        self.acquired = 0
+        self.sent: set[str] = set()
+        self.syntaxes: Counter[str] = Counter()
+        self._events = events
+        self._tty = sys.stderr.isatty()
+        self._last = 0.0
+        self._thread = threading.Thread(target=self._run, name="demo-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for event in self._events:
+            if event.event == "slice.accepted":
+                self.acquired += 1
+            elif event.event == "delivery.progress" and event.data["outcome"] == "ok":
+                self.sent.add(event.data["sop_instance_uid"])
+                self.syntaxes[event.data["transfer_syntax"]] += 1
+            self._show()
+
+    def _show(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < (0.2 if self.tty else 2.0):
+        if not force and now - self._last < (0.2 if self._tty else 2.0):
             return
         self._last = now
-        line = f"demo: acquired {acquired}/{self.total}, delivered {delivered}/{self.total}"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr)
+        line = (
+            f"demo: acquired {self.acquired}/{self.total}, delivered {len(self.sent)}/{self.total}"
+        )
+        print(("\r" + line) if self._tty else line, end="" if self._tty else "\n", file=sys.stderr)
         sys.stderr.flush()
 
-    def done(self) -> None:
-        if self.tty:
+    def finish(self) -> None:
+        self._events.close()
+        self._thread.join()
+        self._show(force=True)
+        if self._tty:
             print(file=sys.stderr)
 
 
@@ -92,93 +112,65 @@ def run_demo(slices: int, workdir: Path | None, as_json: bool) -> int:
     work = (workdir or Path(tempfile.mkdtemp(prefix="modality-agent-demo-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     archive = Archive(work / "archive", port=0, ae_title="DEMO_ARCHIVE").start()
-    driver = MockDriver()
-    deliveries: list[SendResult] = []
+    cfg = demo_config(work, archive.port, Path(tempfile.mkdtemp(prefix="ma-demo-")))
+    daemon = Daemon(cfg)
+    error = None
     try:
-        cfg = demo_config(work, archive.port)
-        dest = cfg.destinations[0]
-        uids = UidFactory(None)
-        exam = open_exam(
-            Patient(name="DEMO^PATIENT", id="DEMO-0001", sex="O"),
-            Procedure(
-                accession_number="DEMO0001",
-                requested_procedure_description="CT CHEST ABDOMEN (SIMULATED)",
-            ),
-            uids,
-            operator="DEMO^OPERATOR",
-            destinations=(dest.name,),
-        )
-        with Spool(cfg.agent.spool_dir) as spool:
-            sender = DestinationSender(
-                cfg.agent.ae_title, dest, spool, Backoff(0.2, 2.0), deliveries.append
-            )
-            acquisition = Acquisition(
-                driver,
-                Assembler(cfg.equipment, uids),
-                spool,
-                lambda token: exam if token == exam.token else None,
-                on_accepted=lambda *_: sender.wake(),
-            )
-            driver.open()
-            driver.set_exam_token(exam.token)
-            stop = threading.Event()
-            sending = threading.Thread(target=sender.run, args=(stop, 0.2), name="sender")
-            sending.start()
-            try:
-                ok, why = _acquire_and_deliver(driver, acquisition, archive, exam.token, slices)
-            finally:
-                stop.set()
-                sender.wake()
-                sending.join()
+        daemon.start()
+    except Exception as e:
+        archive.stop()
+        print(f"demo: the agent could not start: {e}", file=sys.stderr)
+        return 1
+    try:
+        progress = _Progress(daemon.bus.subscribe(["slice", "delivery"]), slices)
+        try:
+            study = _one_exam(daemon, slices)
+        except OpError as e:
+            error, study = e.message, None
+        finally:
+            progress.finish()
     finally:
-        driver.close()
+        daemon.stop()
         archive.stop()
     seconds = time.monotonic() - started
-    sent = [d for d in deliveries if d.verdict.outcome is Outcome.OK]
-    syntaxes = Counter(d.transfer_syntax_uid for d in sent)
-    ts = syntaxes.most_common(1)[0][0] if syntaxes else None
-    summary = {
+    ts = progress.syntaxes.most_common(1)[0][0] if progress.syntaxes else None
+    summary: dict[str, Any] = {
         "archive_dir": str(archive.directory),
-        "study_instance_uid": exam.study_instance_uid,
-        "images_sent": len({d.sop_instance_uid for d in sent}),
+        "study_instance_uid": study,
+        "images_sent": len(progress.sent),
         "images_per_series": series_sizes(slices),
         "transfer_syntax": ts,
         "transfer_syntax_name": UID(ts).name if ts else None,
         "seconds": round(seconds, 3),
-        "images_per_second": round(len(sent) / seconds, 1) if seconds else None,
+        "images_per_second": round(len(progress.sent) / seconds, 1) if seconds else None,
         "spool_dir": str(cfg.agent.spool_dir),
-        "ok": ok,
-        "error": why,
+        "ok": error is None and len(progress.sent) == slices,
+        "error": error,
     }
     _print_summary(summary, as_json)
-    return 0 if ok and summary["images_sent"] == slices else 1
+    return 0 if summary["ok"] else 1
 
 
-def _acquire_and_deliver(
-    driver: MockDriver, acquisition: Acquisition, archive: Archive, token: str, total: int
-) -> tuple[bool, str | None]:
-    sizes = series_sizes(total)
-    for n in sizes:
-        driver.request_scan(ScanRequest(token=token, series=1, slices_per_series=n))
-    progress = _Progress(total)
-    deadline = time.monotonic() + DEADLINE_S
-    while acquisition.counts.series_ended < len(sizes):
-        if time.monotonic() > deadline:
-            return False, "timed out waiting for the mock scanner"
-        acquisition.poll(0.2)
-        if acquisition.counts.hardware_errors or acquisition.counts.bad_events:
-            return False, f"acquisition failed: {acquisition.counts}"
-        progress.show(acquisition.counts.slices_accepted, archive.received)
-    while not archive.wait_for(total, 0.2):
-        if time.monotonic() > deadline:
-            return False, f"timed out: the archive has {archive.received} of {total} images"
-        progress.show(total, archive.received)
-    progress.show(total, archive.received, force=True)
-    progress.done()
-    return True, None
+def _one_exam(daemon: Daemon, total: int) -> str:
+    """Start an exam, acquire its series, end it, wait for delivery; its Study UID."""
+    ops = daemon.ops
+    exam = ops.exam_start(
+        {
+            "patient_id": "DEMO-0001",
+            "patient_name": "DEMO^PATIENT",
+            "sex": "O",
+            "accession": "DEMO0001",
+            "operator": "DEMO^OPERATOR",
+        }
+    )["exam"]
+    for n in series_sizes(total):
+        ops.simulate({"series": 1, "slices": n, "timeout": DEADLINE_S})
+    ops.exam_end({})
+    ops.wait({"timeout": DEADLINE_S})
+    return str(exam["study_instance_uid"])
 
 
-def _print_summary(s: dict[str, object], as_json: bool) -> None:
+def _print_summary(s: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(s, indent=2))
         return
