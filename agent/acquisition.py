@@ -1,12 +1,21 @@
 """Driver events -> CT Image instances -> spool. A slice is released to the hardware only once
-it is durable (in the spool, or held when its series belongs to no known exam), so a slow
-agent makes the hardware wait instead of losing data."""
+it is durable (in the spool, or held), so a slow agent makes the hardware wait.
+
+Nothing taken from the driver is dropped. An event whose handling fails for a reason that may
+pass (OSError, e.g. a full disk) stays pending and is retried with backoff before the driver is
+read again; a slice that can never be filed (it fails assembly or validation, or its series
+start was never seen) is quarantined in the Holding with the reason, then released. Open
+series are persisted (agent.open_series), so a restart in the middle of a series resumes it.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -15,9 +24,20 @@ from agent.alarms import Alarms
 from agent.dicom import files
 from agent.dicom.assembler import Assembler, Series
 from agent.exam import Exam
-from agent.holding import Holding
+from agent.faults import TRANSIENT, describe
+from agent.holding import START_NOT_SEEN, UNKNOWN_TOKEN, HeldSeries, Holding
+from agent.net.retry import Backoff
+from agent.open_series import OpenSeries, gaps, ranges
 from agent.spool import InstanceRecord, Spool, SpooledInstance
-from hardware.base import Driver, Event, HardwareError, SeriesEnd, SeriesStart, SliceReady
+from hardware.base import (
+    Driver,
+    DriverError,
+    Event,
+    HardwareError,
+    SeriesEnd,
+    SeriesStart,
+    SliceReady,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +60,8 @@ class AcquisitionCounts:
     series_started: int = 0
     series_ended: int = 0
     slices_accepted: int = 0  # into the spool
-    slices_held: int = 0  # held as unassigned
-    bad_events: int = 0
+    slices_held: int = 0  # held as unassigned, or quarantined
+    bad_events: int = 0  # quarantined slices, series held for a fault, ends of unknown series
     hardware_errors: list[str] = field(default_factory=list)
 
 
@@ -61,6 +81,10 @@ def _send_everywhere_now(exam: Exam) -> Routing:
 
 
 class Acquisition:
+    """`series_dir` keeps the open series (default: `<spool root>/series`), `holding` what
+    cannot be filed (default: `<spool root>/unassigned`); `retry` paces the retries of an event
+    that could not be made durable."""
+
     def __init__(
         self,
         driver: Driver,
@@ -73,85 +97,159 @@ class Acquisition:
         on_accepted: Callable[[SpooledInstance, Exam], None] | None = None,
         notify: Notify | None = None,
         alarms: Alarms | None = None,
+        series_dir: Path | None = None,
+        retry: Backoff | None = None,
     ) -> None:
         self.driver = driver
         self.assembler = assembler
         self.spool = spool
         self.exam_for_token = exam_for_token
         self.route = route
-        self.holding = holding
+        self.holding = holding or Holding(spool.root / "unassigned", assembler.uids)
         self.on_accepted = on_accepted
         self.notify: Notify = notify or (lambda event, data: None)
-        self.alarms = alarms
+        self.alarms = alarms or Alarms(self._notify)
+        self.retry = retry or Backoff(0.5, 30.0)
         self.counts = AcquisitionCounts()
-        self._series: dict[str, Series] = {}
+        self._lock = threading.RLock()  # one event, or one hand-over of a held series, at a time
+        self._open = OpenSeries(series_dir or spool.root / "series", spool)
+        self._open.load(exam_for_token)
+        self._pending: Event | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+
+    @property
+    def pending(self) -> Event | None:
+        """The event that could not be handled yet; retried before the driver is read again."""
+        return self._pending
 
     def poll(self, timeout: float) -> Event | None:
-        """Handle the next driver event, if one arrives within `timeout` seconds."""
-        event = self.driver.read_event(timeout)
-        if event is not None:
+        """Handle the pending event once its retry is due, else the next driver event (waiting
+        up to `timeout` s). Returns the event handled, None when none was. Raises only the
+        driver's DriverError (the event is kept, for after the reconnection)."""
+        event = self._pending
+        if event is None:
+            event = self.driver.read_event(timeout)
+            if event is None:
+                return None
+        elif (wait := self._retry_at - time.monotonic()) > 0:
+            time.sleep(min(wait, max(timeout, 0.0)))
+            if self._retry_at > time.monotonic():
+                return None
+        try:
             self.handle(event)
+        except DriverError:  # the link is lost: handled again once the caller reconnected
+            self._pending = event
+            raise
+        except Exception as e:
+            self._stall(event, e)
+            return None
+        if self._pending is not None:
+            self._pending, self._failures = None, 0
+            log.info("acquisition resumed")
+            self.alarms.clear("acquisition_stalled")
         return event
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, SeriesStart):
-            self._start(event)
-        elif isinstance(event, SliceReady):
-            self._slice(event)
-        elif isinstance(event, SeriesEnd):
-            self._end(event)
-        elif isinstance(event, HardwareError):
-            self.counts.hardware_errors.append(f"{event.code}: {event.message}")
-            log.error("hardware error %s: %s", event.code, event.message)
-            if self.alarms is not None:
+        """Raises only when `event` must be retried (then nothing of it was released)."""
+        with self._lock:
+            if isinstance(event, SeriesStart):
+                self._start(event)
+            elif isinstance(event, SliceReady):
+                self._slice(event)
+            elif isinstance(event, SeriesEnd):
+                self._end(event)
+            elif isinstance(event, HardwareError):
+                self.counts.hardware_errors.append(f"{event.code}: {event.message}")
+                log.error("hardware error %s: %s", event.code, event.message)
                 self.alarms.raise_("hardware_error", f"{event.code}: {event.message}")
 
+    def _stall(self, event: Event, error: Exception) -> None:
+        self._pending = event
+        self._failures += 1
+        delay = self.retry.delay(self._failures)
+        self._retry_at = time.monotonic() + delay
+        what, why = _what(event), describe(error)
+        log.error("%s could not be handled (%s); retry in %.1f s", what, why, delay)
+        log.debug("acquisition", exc_info=error)  # the text may quote a patient's data
+        self.alarms.raise_(
+            "acquisition_stalled",
+            f"{what} could not be made durable ({why}); retrying, the hardware waits",
+        )
+
     def _start(self, event: SeriesStart) -> None:
+        key = event.series_key
+        if self._open.get(key) is not None:
+            log.info("series %s started again: resumed", key)
+            return
+        if self.holding.holds(key):
+            self.holding.hold_start(event)
+            return
         exam = self.exam_for_token(event.token)
         if exam is None:
-            self._hold(event)
+            self._hold(event, UNKNOWN_TOKEN)
             return
-        series = self.assembler.open_series(exam, event)
-        self._series[event.series_key] = series
+        try:
+            series = self.assembler.open_series(exam, event)
+        except TRANSIENT:
+            raise
+        except Exception as e:
+            log.debug("series start", exc_info=True)  # the text may quote a patient's data
+            self._hold(event, f"series start could not be filed ({describe(e)})")
+            return
+        self._open.open(series)  # durable before any of its slices is released
         self.counts.series_started += 1
-        self.notify("series.started", _series_info(series))
+        self._notify("series.started", _series_info(series))
 
-    def _hold(self, event: SeriesStart) -> None:
-        if self.holding is None:
-            self.counts.bad_events += 1
-            log.error("series %s carries an unknown exam token; not filed", event.series_key)
-            return
-        held = self.holding.hold_start(event)
+    def _hold(self, event: SeriesStart, reason: str) -> None:
+        held = self.holding.hold_start(event, reason)
         self.counts.series_started += 1
-        log.warning("series %s held: unknown exam token", held.series_instance_uid)
-        self.notify(
+        if reason != UNKNOWN_TOKEN:
+            self.counts.bad_events += 1
+        log.warning("series %s held: %s", held.series_instance_uid, reason)
+        self._notify(
             "series.unassigned",
             {"series_instance_uid": held.series_instance_uid, "token": event.token},
         )
-        if self.alarms is not None:
-            self.alarms.raise_(
-                "unassigned_series",
-                f"series {held.series_instance_uid} ({event.description}) was acquired under "
-                "an unknown exam token; held until assigned (exam assign)",
-                held.series_instance_uid,
-            )
+        self._alarm_held(held)
 
     def _slice(self, event: SliceReady) -> None:
-        series = self._series.get(event.series_key)
+        key = event.series_key
+        series = self._open.get(key)
         if series is None:
-            if self.holding is not None and self.holding.holds(event.series_key):
+            if self.holding.holds(key):
                 self.holding.hold_slice(event)
                 self.driver.release(event)
                 self.counts.slices_held += 1
-                self.notify("slice.held", {"index": event.index})
-                return
-            self.counts.bad_events += 1
-            log.error("slice %d of unknown series %s ignored", event.index, event.series_key)
+                self._notify("slice.held", {"index": event.index})
+            else:
+                self._quarantine(event, None, START_NOT_SEEN)
             return
-        spooled = self.accept(series, event)
+        if event.index in self._open.received(key):
+            log.warning("slice %d of series %s came again; kept once", event.index, key)
+            self.driver.release(event)
+            return
+        try:
+            spooled = self.accept(series, event)
+        except TRANSIENT:
+            raise
+        except Exception as e:
+            log.debug("slice", exc_info=True)  # the text may quote a patient's data
+            self._quarantine(event, series.start, f"slice could not be filed ({describe(e)})")
+            return
         self.driver.release(event)
         if self.on_accepted is not None:
-            self.on_accepted(spooled, series.exam)
+            self._callback(self.on_accepted, spooled, series.exam)
+
+    def _quarantine(self, event: SliceReady, start: SeriesStart | None, reason: str) -> None:
+        held = self.holding.quarantine(event, reason, start)
+        self.driver.release(event)
+        self.counts.slices_held += 1
+        self.counts.bad_events += 1
+        what = f"slice {event.index} of series {event.series_key}"
+        log.error("%s held in %s: %s", what, held.series_instance_uid, reason)
+        self._notify("slice.held", {"index": event.index})
+        self._alarm_held(held)
 
     def accept(self, series: Series, slice_: SliceReady) -> SpooledInstance:
         """Assemble one slice and make it durable in the spool, routed by `route`."""
@@ -159,11 +257,13 @@ class Acquisition:
         record = instance_record(ds, series.exam.token)
         routing = self.route(series.exam)
         spooled = self.spool.accept(record, files.encode(ds), routing.now, routing.deferred)
+        with self._lock:
+            self.counts.slices_accepted += 1
+            self._open.mark(series, slice_.index)
         if routing.deferred and self.route(series.exam).deferred != routing.deferred:
             # the exam ended while this slice was being accepted: release what it deferred
             self.spool.release_deferred(series.exam.token)
-        self.counts.slices_accepted += 1
-        self.notify(
+        self._notify(
             "slice.accepted",
             {
                 "study_instance_uid": record.study_instance_uid,
@@ -173,13 +273,70 @@ class Acquisition:
         )
         return spooled
 
+    def file_held(self, held: HeldSeries, series: Series) -> None:
+        """`exam assign`: file the held series' slices as `series` (of the target exam). One
+        still being acquired becomes an open series first, so that its next slices go there.
+        Slices already in the spool are skipped: an interrupted call is simply repeated."""
+        self._accept_held(held, series)
+        with self._lock:  # no slice of it is held, and its end is not seen, meanwhile
+            now = self.holding.held(held.series_key)
+            if now is not None and not now.complete and self._open.get(held.series_key) is None:
+                self._open.open(series)
+            self._accept_held(held, series)  # those held while the first pass ran
+
+    def _accept_held(self, held: HeldSeries, series: Series) -> None:
+        done = self._open.in_spool(series)
+        for slice_ in self.holding.slices(held):
+            if slice_.index not in done:
+                self.accept(series, slice_)
+
     def _end(self, event: SeriesEnd) -> None:
-        series = self._series.pop(event.series_key, None)
-        self.counts.series_ended += 1
-        if series is None and self.holding is not None and self.holding.holds(event.series_key):
-            self.holding.hold_end(event.series_key)
+        key = event.series_key
+        series = self._open.get(key)
+        held = self.holding.held(key)
+        if held is not None:
+            if series is None:
+                self._check_gaps(held.series_instance_uid, held.indices, event.slices)
+            self.holding.hold_end(key, event.slices)
         if series is not None:
-            self.notify("series.ended", {**_series_info(series), "slices": event.slices})
+            self._check_gaps(series.series_instance_uid, self._open.received(key), event.slices)
+            self._open.close(key)
+            self._notify("series.ended", {**_series_info(series), "slices": event.slices})
+        if series is None and held is None:
+            log.warning("end of series %s, which was never started here", key)
+            self.counts.bad_events += 1
+        self.counts.series_ended += 1
+
+    def _check_gaps(self, series_uid: str, received: Collection[int], slices: int) -> None:
+        missing = gaps(received, slices)
+        if missing:
+            message = (
+                f"series {series_uid} ended with {slices - len(missing)} of {slices} slices;"
+                f" missing indices {ranges(missing)}"
+            )
+            log.error("%s", message)
+            self.alarms.raise_("series_gap", message, series_uid)
+
+    def _alarm_held(self, held: HeldSeries) -> None:
+        self.alarms.raise_("unassigned_series", held.alarm_message, held.series_instance_uid)
+
+    def _notify(self, event: str, data: dict[str, Any]) -> None:
+        self._callback(self.notify, event, data)
+
+    def _callback(self, fn: Callable[..., None], *args: Any) -> None:
+        """A notification: its failure is logged, never undoes what was made durable."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.error("notification failed: %s", describe(e))
+
+
+def _what(event: Event) -> str:
+    if isinstance(event, SliceReady):
+        return f"slice {event.index} of series {event.series_key}"
+    if isinstance(event, SeriesStart | SeriesEnd):
+        return f"{type(event).__name__} of series {event.series_key}"
+    return type(event).__name__
 
 
 def _series_info(series: Series) -> dict[str, Any]:

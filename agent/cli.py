@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", required=True, help="the held series' Series Instance UID")
     p.add_argument("--to", required=True, help="the exam's token or Study Instance UID")
     p.add_argument("--operator", help="who decided (recorded with the time)")
+    p.add_argument(
+        "--incomplete",
+        action="store_true",
+        help="assign a series that never ended (e.g. cut short by a hardware error)",
+    )
 
     p = sub.add_parser("simulate", help="play the reconstructor: acquire series now")
     _config(p)

@@ -101,7 +101,12 @@ def exam_status(args: argparse.Namespace) -> int:
 
 
 def exam_assign(args: argparse.Namespace) -> int:
-    payload = {"series_instance_uid": args.series, "exam": args.to, "operator": args.operator}
+    payload = {
+        "series_instance_uid": args.series,
+        "exam": args.to,
+        "operator": args.operator,
+        "incomplete": args.incomplete,
+    }
     return _call(args, "exam.assign", {k: v for k, v in payload.items() if v})
 
 
@@ -185,7 +190,10 @@ def _show_queue(doc: dict[str, Any]) -> int:
                 f", {d['failed']} failed{extra}{error}"
             )
     for h in doc.get("unassigned", []):
-        print(f"held: series {h['series_instance_uid']} ({h['description']}), {h['slices']} slices")
+        what = h["description"] or "no series start seen"
+        print(
+            f"held: series {h['series_instance_uid']} ({what}), {h['slices']} slices: {h['reason']}"
+        )
     for a in doc["alarms"]:
         print(f"ALARM {a['kind']}: {a['message']} (since {a['since']})")
     return EXIT_OK

@@ -18,6 +18,7 @@ from typing import Any
 from agent import sdnotify
 from agent.acquisition import Acquisition, Routing
 from agent.alarms import Alarms
+from agent.assignment import resume_assignments
 from agent.config import Config
 from agent.control.server import ControlServer
 from agent.delivery import DestinationSender
@@ -68,12 +69,7 @@ class Daemon:
         self.uids = UidFactory(cfg.agent.uid_root)
         self.holding = Holding(cfg.agent.spool_dir / "unassigned", self.uids)
         for held in self.holding.series():
-            self.alarms.raise_(
-                "unassigned_series",
-                f"series {held.series_instance_uid} ({held.start.description}) belongs to no "
-                "known exam; held until assigned (exam assign)",
-                held.series_instance_uid,
-            )
+            self.alarms.raise_("unassigned_series", held.alarm_message, held.series_instance_uid)
         self.senders = {
             d.name: DestinationSender(
                 cfg.agent.ae_title,
@@ -103,6 +99,7 @@ class Daemon:
             notify=self.notify,
             alarms=self.alarms,
         )
+        resume_assignments(self)  # an assign cut short by a crash finishes to its target
         self._thread("acquisition", self._acquire, lambda: None)
         self._first_connect.wait(10)
         self.ops = Operations(self)

@@ -47,7 +47,10 @@ class Operations:
             "exam.start": (self.exam_start, set(_EXAM_START_ARGS)),
             "exam.end": (self.exam_end, {"discontinue"}),
             "exam.status": (self.exam_status, set()),
-            "exam.assign": (self.exam_assign, {"series_instance_uid", "exam", "operator"}),
+            "exam.assign": (
+                self.exam_assign,
+                {"series_instance_uid", "exam", "operator", "incomplete"},
+            ),
             "simulate": (self.simulate, {"series", "slices", "rate", "token", "timeout"}),
             "queue": (self.queue, set()),
             "retry": (self.retry, {"study", "dest"}),
@@ -131,7 +134,8 @@ class Operations:
         series_uid = _string(args, "series_instance_uid", 64, required=True)
         target = _string(args, "exam", 64, required=True)
         operator = _string(args, "operator", 64) or "unknown"
-        entry = assign_series(self.d, series_uid, target, operator)
+        incomplete = _bool(args, "incomplete")
+        entry = assign_series(self.d, series_uid, target, operator, incomplete=incomplete)
         return {"series_instance_uid": series_uid, "exam": exam_json(entry)}
 
     # -- acquisition ----------------------------------------------------------------------
