@@ -202,6 +202,9 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
             )
         )
     hw = dict(raw["hardware"])
+    for key in ("folder",):  # the drivers' paths, like every path, from the file's folder
+        if key in hw:
+            hw[key] = _relative_to(source, hw[key])
     return Config(
         source=source,
         agent=agent,

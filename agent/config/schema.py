@@ -83,6 +83,36 @@ DESTINATION: dict[str, Any] = {
     "required": ["name", "ae_title", "host", "port"],
 }
 
+# Each driver's own keys; `driver` picks which apply (unknown keys are errors as everywhere).
+DRIVER_KEYS: dict[str, dict[str, Any]] = {
+    "mock": {},
+    "directory": {
+        "folder": {**PATH, "description": "the drop folder the reconstructor writes into"},
+        "polling": {
+            "type": "boolean",
+            "default": False,
+            "description": "poll instead of inotify (network file systems, where inotify sees nothing)",
+        },
+        "poll_interval": {**SECONDS, "default": 1.0},
+    },
+}
+HARDWARE: dict[str, Any] = {
+    "type": "object",
+    "properties": {"driver": {"enum": sorted(DRIVER_KEYS)}},
+    "required": ["driver"],
+    "allOf": [
+        {
+            "if": {"properties": {"driver": {"const": name}}},
+            "then": {
+                "properties": {"driver": True, **keys},
+                "additionalProperties": False,
+                "required": ["folder"] if name == "directory" else [],
+            },
+        }
+        for name, keys in DRIVER_KEYS.items()
+    ],
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -127,12 +157,7 @@ SCHEMA: dict[str, Any] = {
                 "software_versions",
             ],
         },
-        "hardware": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"driver": {"enum": ["mock"]}},
-            "required": ["driver"],
-        },
+        "hardware": HARDWARE,
         "worklist": PEER,
         "mpps": PEER,
         "destinations": {"type": "array", "minItems": 1, "items": DESTINATION},
