@@ -7,6 +7,7 @@ series unless a single image is asked for), every image delivered; then a summar
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -20,7 +21,7 @@ from pydicom.uid import UID
 from agent.config import AgentSettings, Config, Destination, Equipment, HardwareSettings
 from agent.control.protocol import OpError
 from agent.daemon import Daemon
-from agent.events import Subscription
+from agent.events import Event, Subscription
 from agent.net.archive import Archive
 
 DEADLINE_S = 600.0
@@ -76,17 +77,23 @@ class _Progress:
         self._events = events
         self._tty = sys.stderr.isatty()
         self._last = 0.0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-progress", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        for event in self._events:
-            if event.event == "slice.accepted":
-                self.acquired += 1
-            elif event.event == "delivery.progress" and event.data["outcome"] == "ok":
-                self.sent.add(event.data["sop_instance_uid"])
-                self.syntaxes[event.data["transfer_syntax"]] += 1
-            self._show()
+        while not self._stop.is_set():
+            event = self._events.get(timeout=0.1)
+            if event is not None:
+                self._count(event)
+
+    def _count(self, event: Event) -> None:
+        if event.event == "slice.accepted":
+            self.acquired += 1
+        elif event.event == "delivery.progress" and event.data["outcome"] == "ok":
+            self.sent.add(event.data["sop_instance_uid"])
+            self.syntaxes[event.data["transfer_syntax"]] += 1
+        self._show()
 
     def _show(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -100,8 +107,11 @@ class _Progress:
         sys.stderr.flush()
 
     def finish(self) -> None:
-        self._events.close()
+        self._stop.set()
         self._thread.join()
+        while (event := self._events.get(timeout=0)) is not None:  # what is still queued
+            self._count(event)
+        self._events.close()
         self._show(force=True)
         if self._tty:
             print(file=sys.stderr)
@@ -112,13 +122,15 @@ def run_demo(slices: int, workdir: Path | None, as_json: bool) -> int:
     work = (workdir or Path(tempfile.mkdtemp(prefix="modality-agent-demo-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     archive = Archive(work / "archive", port=0, ae_title="DEMO_ARCHIVE").start()
-    cfg = demo_config(work, archive.port, Path(tempfile.mkdtemp(prefix="ma-demo-")))
+    socket_dir = Path(tempfile.mkdtemp(prefix="ma-demo-"))
+    cfg = demo_config(work, archive.port, socket_dir)
     daemon = Daemon(cfg)
     error = None
     try:
         daemon.start()
     except Exception as e:
         archive.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
         print(f"demo: the agent could not start: {e}", file=sys.stderr)
         return 1
     try:
@@ -129,22 +141,24 @@ def run_demo(slices: int, workdir: Path | None, as_json: bool) -> int:
             error, study = e.message, None
         finally:
             progress.finish()
+        delivered = _delivered(daemon, study)
     finally:
         daemon.stop()
         archive.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
     seconds = time.monotonic() - started
     ts = progress.syntaxes.most_common(1)[0][0] if progress.syntaxes else None
     summary: dict[str, Any] = {
         "archive_dir": str(archive.directory),
         "study_instance_uid": study,
-        "images_sent": len(progress.sent),
+        "images_sent": delivered,
         "images_per_series": series_sizes(slices),
         "transfer_syntax": ts,
         "transfer_syntax_name": UID(ts).name if ts else None,
         "seconds": round(seconds, 3),
-        "images_per_second": round(len(progress.sent) / seconds, 1) if seconds else None,
+        "images_per_second": round(delivered / seconds, 1) if seconds else None,
         "spool_dir": str(cfg.agent.spool_dir),
-        "ok": error is None and len(progress.sent) == slices,
+        "ok": error is None and delivered == slices,
         "error": error,
     }
     _print_summary(summary, as_json)
@@ -168,6 +182,14 @@ def _one_exam(daemon: Daemon, total: int) -> str:
     ops.exam_end({})
     ops.wait({"timeout": DEADLINE_S})
     return str(exam["study_instance_uid"])
+
+
+def _delivered(daemon: Daemon, study: str | None) -> int:
+    """Images the archive acknowledged, as the daemon's queue counts them."""
+    for s in daemon.ops.queue({})["studies"]:
+        if s["study_instance_uid"] == study:
+            return sum(int(d["sent"]) for d in s["destinations"])
+    return 0
 
 
 def _print_summary(s: dict[str, Any], as_json: bool) -> None:
