@@ -38,6 +38,7 @@ from hardware.base import (
     SeriesStart,
     SliceReady,
 )
+from hardware.dose import IrradiationEvent
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class AcquisitionCounts:
     slices_accepted: int = 0  # into the spool
     slices_held: int = 0  # held as unassigned, or quarantined
     bad_events: int = 0  # quarantined slices, series held for a fault, ends of unknown series
+    irradiation_events: int = 0
     hardware_errors: list[str] = field(default_factory=list)
 
 
@@ -163,6 +165,10 @@ class Acquisition:
                 self.counts.hardware_errors.append(f"{event.code}: {event.message}")
                 log.error("hardware error %s: %s", event.code, event.message)
                 self.alarms.raise_("hardware_error", f"{event.code}: {event.message}")
+            elif isinstance(event, IrradiationEvent):
+                # kept for the CT Radiation Dose SR, which does not exist yet (issue 11)
+                self.counts.irradiation_events += 1
+                log.info("irradiation event %s received", event.event_uid)
 
     def _stall(self, event: Event, error: Exception) -> None:
         self._pending = event

@@ -15,6 +15,8 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
+from hardware.dose import IrradiationEvent
+
 Vector3 = tuple[float, float, float]
 Orientation = tuple[float, float, float, float, float, float]
 
@@ -81,7 +83,7 @@ class HardwareError:
     series_key: str | None = None
 
 
-Event = SeriesStart | SliceReady | SeriesEnd | HardwareError
+Event = SeriesStart | SliceReady | SeriesEnd | HardwareError | IrradiationEvent
 
 
 @dataclass(frozen=True)

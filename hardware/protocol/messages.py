@@ -13,6 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from hardware.dose import (
+    AcquisitionType,
+    AlertKind,
+    AlertQuantity,
+    DoseAlert,
+    Phantom,
+    XRaySource,
+)
 from hardware.protocol.fields import (
     BOOL,
     F64,
@@ -77,36 +85,6 @@ class LostReason(enum.IntEnum):
     NOT_HELD = 2  # asked for by RESEND_REQUEST(SLICE) but not in a held slot
     DEVICE_RESTART = 3  # the reconstructor restarted and lost it
     TORN = 4  # the host could not read an intact copy (sent by neither side; host-local)
-
-
-class AcquisitionType(enum.IntEnum):
-    """CID 10013 CT Acquisition Type."""
-
-    SEQUENCED = 1  # (113804, DCM, "Sequenced Acquisition")
-    SPIRAL = 2  # (116152004, SCT, "Spiral Acquisition")
-    CONSTANT_ANGLE = 3  # (113805, DCM, "Constant Angle Acquisition")
-    STATIONARY = 4  # (113806, DCM, "Stationary Acquisition")
-    FREE = 5  # (113807, DCM, "Free Acquisition")
-    CONE_BEAM = 6  # (702569007, SCT, "Cone beam acquisition")
-
-
-class Phantom(enum.IntEnum):
-    """CID 4052 Phantom Devices, for CTDIvol."""
-
-    HEAD_16 = 1  # (113690, DCM, "IEC Head Dosimetry Phantom")
-    BODY_32 = 2  # (113691, DCM, "IEC Body Dosimetry Phantom")
-
-
-class AlertKind(enum.IntEnum):
-    """TID 10015 CT Dose Check Details."""
-
-    NOTIFICATION = 1  # a notification value of the protocol element was exceeded
-    ALERT = 2  # the accumulated alert value of the exam was exceeded
-
-
-class AlertQuantity(enum.IntEnum):
-    CTDIVOL = 1  # mGy
-    DLP = 2  # mGy·cm
 
 
 class Message:
@@ -286,33 +264,10 @@ class SliceLostMsg(Message):
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class XRaySource:
-    """TID 10013 CT X-Ray Source Parameters, one per tube."""
-
-    source_id: str  # Identification of the X-Ray Source (113832), e.g. "A"
-    kvp: float  # KVP (113733), kV
-    max_tube_current_ma: float  # Maximum X-Ray Tube Current (113833), mA
-    mean_tube_current_ma: float  # X-Ray Tube Current (113734), mA (mean)
-    rotation_time_s: float  # Exposure Time per Rotation (113834), s
-
-
 XRAY_SOURCE_LAYOUT: Layout = (
     ("source_id", STR), ("kvp", F64), ("max_tube_current_ma", F64),
     ("mean_tube_current_ma", F64), ("rotation_time_s", F64),
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DoseAlert:
-    """TID 10015 CT Dose Check Details: one notification or alert that was raised."""
-
-    kind: AlertKind
-    quantity: AlertQuantity
-    configured_value: float  # the configured notification or alert value (mGy or mGy·cm)
-    value: float  # the forward estimate (notification) or accumulated value (alert)
-    reason: str  # Reason For Proceeding (113878)
-    person: str  # Person authorizing (113879); "" if none
 
 
 DOSE_ALERT_LAYOUT: Layout = (
