@@ -91,7 +91,7 @@ DRIVER_KEYS: dict[str, dict[str, Any]] = {
         "polling": {
             "type": "boolean",
             "default": False,
-            "description": "poll instead of inotify (network file systems, where inotify sees nothing)",
+            "description": "poll instead of inotify (network file systems: inotify sees nothing)",
         },
         "poll_interval": {**SECONDS, "default": 1.0},
     },
