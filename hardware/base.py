@@ -68,6 +68,7 @@ class SliceReady:
     acquisition_time: datetime  # timezone-aware
     pixels: npt.NDArray[np.uint16] = field(repr=False)
     slot: int | None = None  # the ring slot that holds it, where the hardware has one
+    slot_seq: int | None = None  # the slot's sequence number for this slice (serial-shm)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,10 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def acknowledge(self, event: SeriesEnd | IrradiationEvent) -> None:
+        """The record is durable on the agent's side: hardware that keeps it until then may
+        forget it. Drivers whose hardware does not wait for that need not override this."""
 
     def request_scan(self, request: ScanRequest) -> None:
         """Start an acquisition (mock and simulated hardware only)."""
