@@ -312,6 +312,7 @@ class Acquisition:
             log.warning("end of series %s, which was never started here", key)
             self.counts.bad_events += 1
         self.counts.series_ended += 1
+        self.driver.acknowledge(event)  # its outcome (gaps, end marker) is durable now
 
     def _check_gaps(self, series_uid: str, received: Collection[int], slices: int) -> None:
         missing = gaps(received, slices)
