@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=10, help="slices per series")
     p.add_argument("--rate", type=float, help="slices per second (default: as fast as taken)")
     p.add_argument("--token", help="exam token (default: the open exam's)")
+    p.add_argument(
+        "--fault",
+        help="comma-separated faults to inject (directory driver): "
+        "partial, garbage, duplicate, reorder, lose, hw-error",
+    )
     p.add_argument("--timeout", type=float, default=600)
 
     p = sub.add_parser("queue", help="delivery state per study and destination")

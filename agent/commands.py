@@ -111,6 +111,16 @@ def exam_assign(args: argparse.Namespace) -> int:
 
 
 def simulate(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    if cfg.hardware.driver != "mock":  # the far side runs here, the daemon reads it
+        from agent.simulate import simulate_far_side
+
+        return simulate_far_side(cfg, args)
+    if args.fault:
+        print("simulate: --fault is for drivers with a far side (directory)", file=sys.stderr)
+        return EXIT_USAGE
     payload = {"series": args.series, "slices": args.slices, "timeout": args.timeout}
     if args.rate:
         payload["rate"] = args.rate

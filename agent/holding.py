@@ -4,7 +4,7 @@ is ever dropped.
 A series is held when its token matches no known exam, or when it could not be filed (an
 invalid series start, a slice that failed assembly, slices of a series whose start was never
 seen); `reason` says which. Its slices are accepted durably here, as raw pixels plus the
-hardware's metadata (agent.event_codec). `exam assign` turns them into CT images of the chosen
+hardware's metadata (hardware.event_codec). `exam assign` turns them into CT images of the chosen
 exam; until then nothing of them is sent.
 
 Layout: `<root>/<Series Instance UID>/` holds `start.json` (written first), `slice-<index>.bin`,
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.dicom.uids import UidFactory
-from agent.event_codec import slice_from_bytes, slice_to_bytes, start_from_json, start_to_json
 from agent.spool import check_uid
 from agent.spool.files import fsync_dir, make_dir, write_durable
 from agent.timestamps import utc_iso
 from hardware.base import SeriesStart, SliceReady
+from hardware.event_codec import slice_from_bytes, slice_to_bytes, start_from_json, start_to_json
 
 UNKNOWN_TOKEN = "acquired under an unknown exam token"
 START_NOT_SEEN = "series start not seen"

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.dicom.assembler import Series
-from agent.event_codec import start_from_json, start_to_json
 from agent.exam import Exam
 from agent.spool import Spool, check_uid
 from agent.spool.files import make_dirs, remove_durable, write_durable
+from hardware.event_codec import start_from_json, start_to_json
 
 log = logging.getLogger(__name__)
 

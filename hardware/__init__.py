@@ -18,7 +18,16 @@ def _mock(options: Mapping[str, Any]) -> Driver:
     return MockDriver(**options)
 
 
-DRIVERS: dict[str, Callable[[Mapping[str, Any]], Driver]] = {"mock": _mock}
+def _directory(options: Mapping[str, Any]) -> Driver:
+    from hardware.directory import DirectoryDriver
+
+    return DirectoryDriver(**options)
+
+
+DRIVERS: dict[str, Callable[[Mapping[str, Any]], Driver]] = {
+    "mock": _mock,
+    "directory": _directory,
+}
 
 
 def open_driver(name: str, options: Mapping[str, Any]) -> Driver:

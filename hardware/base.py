@@ -123,7 +123,7 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
-    def acknowledge(self, event: SeriesEnd | IrradiationEvent) -> None:
+    def acknowledge(self, event: SeriesEnd | IrradiationEvent) -> None:  # noqa: B027 - a no-op by default
         """The record is durable on the agent's side: hardware that keeps it until then may
         forget it. Drivers whose hardware does not wait for that need not override this."""
 

@@ -21,19 +21,19 @@ from pydicom.filebase import DicomBytesIO
 from agent.acquisition import Acquisition, Routing
 from agent.alarms import Alarms
 from agent.dicom.assembler import Assembler
-from agent.event_codec import (
-    EventCodecError,
-    slice_from_bytes,
-    slice_to_bytes,
-    start_from_json,
-    start_to_json,
-)
 from agent.exam import Exam, Patient
 from agent.exam_book import ExamBook
 from agent.holding import START_NOT_SEEN, Holding
 from agent.net.retry import Backoff
 from agent.spool import Spool, SpooledInstance
 from hardware.base import Driver, Event, SeriesEnd, SeriesStart, SliceReady
+from hardware.event_codec import (
+    EventCodecError,
+    slice_from_bytes,
+    slice_to_bytes,
+    start_from_json,
+    start_to_json,
+)
 from hardware.mock import RECONS, _series_start
 from tests.factory import EQUIPMENT, UIDS, exam
 

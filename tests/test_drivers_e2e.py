@@ -1,0 +1,151 @@
+"""The same exam, end to end, on each hardware driver: the real daemon, the real CLI (whose
+`simulate` plays the reconstructor: in the daemon for the mock, in the CLI process for the drop
+folder), a real DCMTK storescp, and the images checked by validate-dicom."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from agent.control.client import ControlClient
+from hardware.directory import END_FILE
+from hardware.simulator import DropFolderReconstructor, Plan
+from tests.agent_process import Agent, Dest, write_config
+from tests.peers import VALIDATE_DICOM, require, storescp
+
+DRIVERS = ["mock", "directory"]
+
+
+def driver_config(work: Path, driver: str, port: int) -> Path:
+    """tests.agent_process's config, with `driver` (and its keys) in [hardware]."""
+    cfg = write_config(work, [Dest("PACS", port)])
+    if driver == "mock":
+        return cfg
+    drop = work / "drop"
+    drop.mkdir()
+    text = cfg.read_text()
+    hardware = f'driver = "directory"\nfolder = "{drop}"\n'
+    cfg.write_text(text.replace('driver = "mock"\n', hardware, 1))
+    return cfg
+
+
+def archived(directory: Path) -> list[pydicom.Dataset]:
+    return [
+        pydicom.dcmread(f, stop_before_pixels=True) for f in directory.rglob("*") if f.is_file()
+    ]
+
+
+@pytest.fixture
+def stack() -> Iterator[ExitStack]:
+    with ExitStack() as s:
+        yield s
+
+
+def start(tmp_path: Path, driver: str, stack: ExitStack) -> Agent:
+    port = stack.enter_context(storescp(tmp_path / "archive"))
+    agent = Agent(driver_config(tmp_path, driver, port), tmp_path / "daemon.log")
+    agent.start()
+    stack.callback(agent.stop)
+    return agent
+
+
+def start_exam(agent: Agent) -> dict[str, str]:
+    exam: dict[str, str] = agent.json(
+        "exam", "start", "--patient-id", "P1", "--patient-name", "DOE^JANE"
+    )["exam"]
+    return exam
+
+
+def wait_accepted(socket: Path, n: int) -> None:
+    """Until the daemon has accepted `n` slices (woken by its slice events)."""
+    with ControlClient(socket, timeout=60) as ask, ControlClient(socket, timeout=60) as events:
+        stream = iter(events.events(["slice"]))  # subscribed before the first look
+        while ask.request("status")["counts"]["slices_accepted"] < n:
+            next(stream)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_two_series_delivered_and_valid(tmp_path: Path, stack: ExitStack, driver: str) -> None:
+    agent = start(tmp_path, driver, stack)
+    exam = start_exam(agent)
+    r = agent.cli("simulate", "--series", "2", "--slices", "5")
+    assert r.returncode == 0, r.stderr
+    assert agent.cli("exam", "end").returncode == 0
+    r = agent.cli("wait", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    images = archived(tmp_path / "archive")
+    assert len(images) == 10
+    assert {ds.StudyInstanceUID for ds in images} == {exam["study_instance_uid"]}
+    assert len({ds.SeriesInstanceUID for ds in images}) == 2
+    assert len({ds.SeriesNumber for ds in images}) == 2
+    assert all("SIMULATED" in str(ds.ImageComments) for ds in images)
+    (study,) = agent.json("queue")["studies"]
+    assert study["images"] == 10 and study["destinations"][0]["state"] == "delivered"
+    if driver == "directory":  # everything taken was moved aside, nothing quarantined
+        drop = tmp_path / "drop"
+        assert sorted(p.name for p in drop.iterdir()) == [".done", ".quarantine"]
+        assert len(list((drop / ".done").rglob("slice-*.raw"))) == 10
+        assert not any((drop / ".quarantine").iterdir())
+    require("dciodvfy")
+    v = subprocess.run(
+        [str(VALIDATE_DICOM), str(tmp_path / "archive")], capture_output=True, text=True
+    )
+    assert v.returncode == 0, v.stdout
+
+
+def test_directory_faults_end_to_end(tmp_path: Path, stack: ExitStack) -> None:
+    """Every drop-folder fault at once: the CLI returns once all intact slices are in, the
+    daemon survives, bad files are alarmed, the lost slice and the aborted series are named."""
+    agent = start(tmp_path, "directory", stack)
+    start_exam(agent)
+    faults = "partial,garbage,duplicate,reorder,lose,hw-error"
+    r = agent.cli("simulate", "--series", "2", "--slices", "6", "--fault", faults, "--json")
+    assert r.returncode == 0, r.stderr
+    # series 1: 6 slices but index 3 lost -> 5; series 2 aborted after 3 of 6, index 3 lost
+    assert '"written": 8' in r.stdout
+    assert agent.cli("exam", "end").returncode == 0
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    images = archived(tmp_path / "archive")
+    assert sorted(int(ds.InstanceNumber) for ds in images) == [1, 1, 2, 2, 3, 3, 5, 6]
+    alarms = agent.json("queue")["alarms"]
+    messages = "\n".join(f"{a['kind']}: {a['message']}" for a in alarms)
+    assert "hardware_error" in messages and "series_gap" in messages, messages
+    with ControlClient(tmp_path / "control.sock") as client:
+        counts = client.request("status")["counts"]
+    assert counts["slices_accepted"] == 8 and counts["bad_events"] == 0, counts
+
+
+def test_directory_kill_9_between_accept_and_release_keeps_one(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    """The agent dies after a slice is durable in the spool but before its files were moved
+    aside: the restarted driver announces it again, and the agent keeps it once."""
+    agent = start(tmp_path, "directory", stack)
+    exam = start_exam(agent)
+    drop = tmp_path / "drop"
+    # a reconstructor that has written 4 slices and not yet its series end
+    played = DropFolderReconstructor(drop).play(Plan(exam["token"], 1, 4))
+    (series,) = played.series
+    end = drop / series.series_key / END_FILE
+    end_bytes = end.read_bytes()
+    end.unlink()
+    wait_accepted(tmp_path / "control.sock", 4)
+    agent.kill()
+    # the state a kill -9 between spool.accept() and driver.release() of slice 3 leaves
+    done = drop / ".done" / series.series_key
+    for name in ("slice-00003.json", "slice-00003.raw"):
+        if (done / name).exists():  # released before the kill (nearly always)
+            shutil.move(done / name, drop / series.series_key / name)
+    agent.start()
+    (drop / series.series_key / ".end.tmp").write_bytes(end_bytes)
+    (drop / series.series_key / ".end.tmp").rename(end)
+    assert agent.cli("exam", "end").returncode == 0
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    images = archived(tmp_path / "archive")
+    assert sorted(int(ds.InstanceNumber) for ds in images) == [1, 2, 3, 4]
