@@ -55,6 +55,8 @@ class SeriesStart:
     rescale_slope: float = 1.0
     contrast_agent: str | None = None  # Contrast/Bolus Agent when contrast was given
     simulated: bool = False  # True for the mock and the simulator (SPEC §3: "SIMULATED")
+    irradiation_event_uid: str = ""  # the acquisition it was reconstructed from (0008,3010)
+    frame_of_reference_id: int = 0  # changes when the patient moved: a new Frame of Reference
 
 
 @dataclass(frozen=True)

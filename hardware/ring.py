@@ -36,6 +36,9 @@ _SEQ_END = struct.Struct("<Q")  # seq_begin at offset 0, seq_end in the last 8 b
 SLOT_PAYLOAD_OFFSET = 64
 SLOT_TRAILER_SIZE = 8
 MAX_SLOTS = 65_535
+MAX_SLOT_SIZE = 0xFFFF_F000  # the largest multiple of PAGE that a u32 holds
+_RESERVED_HEADER = ((25, 32), (HEADER_CRC_OFFSET + 4, HEADER_SIZE))  # must be zero
+_SLOT_RESERVED = (20, SLOT_PAYLOAD_OFFSET)  # slot bytes 20..63: written as zero
 BYTES_PER_PIXEL = 2
 
 
@@ -88,6 +91,8 @@ class RingHeader:
             raise RingError(f"slot count {self.slot_count} out of range 1..{MAX_SLOTS}")
         if not (1 <= self.max_rows <= 0xFFFF and 1 <= self.max_columns <= 0xFFFF):
             raise RingError(f"image size {self.max_rows}x{self.max_columns} out of range")
+        if not 0 < self.slot_size <= MAX_SLOT_SIZE:
+            raise RingError(f"slot size {self.slot_size} out of range 1..{MAX_SLOT_SIZE}")
         if self.slot_size % PAGE:
             raise RingError(f"slot size {self.slot_size} is not a multiple of {PAGE}")
         if self.slot_size < slot_size_for(self.max_rows, self.max_columns):
@@ -109,12 +114,13 @@ class RingHeader:
         return (body + crc).ljust(HEADER_SIZE, b"\x00")
 
     @classmethod
-    def unpack(cls, buf: bytes | bytearray | memoryview) -> RingHeader:
-        """The header at the start of `buf`; raises `RingError` if it is not a valid header,
-        or if `buf` is shorter than the ring it describes (when it is longer than a header)."""
+    def unpack(cls, buf: bytes | bytearray | memoryview, header_only: bool = False) -> RingHeader:
+        """The header at the start of `buf` (the whole mapping); raises `RingError` if it is
+        not a valid header (reserved bytes included), or if `buf` is shorter than the ring it
+        describes. `header_only=True` skips that size check (for the header's bytes alone)."""
         if len(buf) < HEADER_SIZE:
             raise RingError(f"{len(buf)} bytes, shorter than the {HEADER_SIZE}-byte header")
-        raw = bytes(buf[: HEADER_CRC_OFFSET + 4])
+        raw = bytes(buf[:HEADER_SIZE])
         magic, version, hsize, count, ssize, rows, cols, bpp, _r1, _r2, _r3, gen, created = (
             _HEADER.unpack_from(raw)
         )
@@ -125,9 +131,12 @@ class RingHeader:
             raise RingError("header CRC mismatch (corrupt or being initialised)")
         if hsize != HEADER_SIZE:
             raise RingError(f"header size {hsize} != {HEADER_SIZE}")
+        for lo, hi in _RESERVED_HEADER:
+            if raw[lo:hi].count(0) != hi - lo:
+                raise RingError(f"reserved header bytes {lo}..{hi - 1} are not zero")
         header = cls(count, ssize, rows, cols, gen, created, bpp, version)
         header.validate()
-        if len(buf) > HEADER_SIZE and len(buf) < header.total_size:
+        if not header_only and len(buf) < header.total_size:
             raise RingError(f"mapping is {len(buf)} bytes, the ring needs {header.total_size}")
         return header
 
@@ -165,6 +174,8 @@ def write_slot_payload(
         raise RingError(f"payload of {length} bytes for {rows}x{columns} does not fit")
     crc = zlib.crc32(payload)
     _META.pack_into(buf, off + 8, length, crc, rows, columns)
+    lo, hi = _SLOT_RESERVED
+    buf[off + lo : off + hi] = bytes(hi - lo)
     start = off + SLOT_PAYLOAD_OFFSET
     buf[start : start + length] = payload
     return crc
@@ -194,8 +205,11 @@ def read_slot(
     seq: int,
     pixel_crc: int,
     length: int | None = None,
+    rows: int | None = None,
+    columns: int | None = None,
 ) -> SlotContents:
-    """Copy slot `slot`, announced with slot sequence `seq` and CRC-32 `pixel_crc`.
+    """Copy slot `slot`, announced with slot sequence `seq` and CRC-32 `pixel_crc` (and, as
+    the host MUST pass them, the announced `length`, `rows` and `columns`).
 
     Reads in the reverse of the writer's order (seqlock): seq_end first, then the metadata and
     the payload into a private copy, then seq_begin last. Then checks that both sequence numbers
@@ -204,7 +218,9 @@ def read_slot(
     off = header.slot_offset(slot)
     end_off = off + header.slot_size - SLOT_TRAILER_SIZE
     (seq_end,) = _SEQ_END.unpack(bytes(buf[end_off : end_off + SLOT_TRAILER_SIZE]))
-    slot_len, slot_crc, rows, columns = _META.unpack(bytes(buf[off + 8 : off + 8 + _META.size]))
+    slot_len, slot_crc, slot_rows, slot_cols = _META.unpack(
+        bytes(buf[off + 8 : off + 8 + _META.size])
+    )
     if slot_len > header.payload_capacity:
         raise TornSlotError(f"slot {slot}: length {slot_len} > capacity {header.payload_capacity}")
     start = off + SLOT_PAYLOAD_OFFSET
@@ -215,11 +231,15 @@ def read_slot(
         raise TornSlotError(f"{where}: seq_begin {seq_begin}, seq_end {seq_end}")
     if length is not None and slot_len != length:
         raise TornSlotError(f"{where}: length {slot_len}, announced {length}")
-    if slot_len != rows * columns * header.bytes_per_pixel:
-        raise TornSlotError(f"{where}: length {slot_len} for {rows}x{columns}")
+    if (rows is not None and slot_rows != rows) or (columns is not None and slot_cols != columns):
+        raise TornSlotError(f"{where}: {slot_rows}x{slot_cols}, announced {rows}x{columns}")
+    if not (0 < slot_rows <= header.max_rows and 0 < slot_cols <= header.max_columns):
+        raise TornSlotError(f"{where}: {slot_rows}x{slot_cols} outside the ring's maximum")
+    if slot_len != slot_rows * slot_cols * header.bytes_per_pixel:
+        raise TornSlotError(f"{where}: length {slot_len} for {slot_rows}x{slot_cols}")
     if slot_crc != pixel_crc:
         raise TornSlotError(f"{where}: slot CRC {slot_crc:08x}, announced {pixel_crc:08x}")
     actual = zlib.crc32(payload)
     if actual != pixel_crc:
         raise TornSlotError(f"{where}: pixel CRC {actual:08x}, expected {pixel_crc:08x}")
-    return SlotContents(seq, rows, columns, payload)
+    return SlotContents(seq, slot_rows, slot_cols, payload)

@@ -19,27 +19,38 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hardware import base
+from hardware.dose import IrradiationEvent
 from hardware.protocol import (
     MAX_ENCODED,
     MAX_PAYLOAD,
+    MAX_RESEND_FRAMES,
     MESSAGE_TYPES,
+    AckMsg,
+    AckStatus,
     AcquisitionType,
     DecodedFrame,
     EncodeError,
     ErrorKind,
     FrameDecoder,
     FrameError,
+    HelloAckMsg,
+    HelloMsg,
     HwErrorMsg,
     IrradiationEventMsg,
+    LostReason,
     Message,
     Phantom,
+    ResendMode,
+    ResendRequestMsg,
     SeqKind,
     SequenceTracker,
     SeriesEndMsg,
     SeriesStartMsg,
     SetExamTokenMsg,
     SliceKind,
+    SliceLostMsg,
     SliceReadyMsg,
+    SliceReleaseMsg,
     SliceTracker,
     XRaySource,
     cobs_decode,
@@ -48,6 +59,8 @@ from hardware.protocol import (
     decode_frame,
     encode,
     hardware_error_event,
+    irradiation_event,
+    irradiation_event_message,
     sent_by_device,
     sent_by_host,
     series_end_event,
@@ -72,15 +85,29 @@ times = st.datetimes(
 )
 
 
+LO_CHARS = st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\\")
+
+
 def strategy_for(field: F.Field) -> st.SearchStrategy[Any]:
     if isinstance(field, F._Int):
         return st.integers(field.lo, field.hi)
-    if field is F.F64:
-        return finite
+    if isinstance(field, F._F64Field):
+        return st.floats(
+            min_value=field.lo, max_value=field.hi, exclude_min=field.open_lo and field.lo
+            is not None, allow_nan=False, allow_infinity=False,
+        )  # fmt: skip
     if field is F.BOOL:
         return st.booleans()
     if field is F.STR:
         return st.text(max_size=63)  # at most 252 bytes of UTF-8
+    if field is F.TEXT64:
+        return st.text(LO_CHARS, max_size=16)  # at most 64 bytes of UTF-8
+    if isinstance(field, F.Str):
+        assert field.pattern is not None
+        limit = field.max_bytes
+        return st.from_regex(field.pattern, fullmatch=True).filter(
+            lambda s: len(s.encode()) <= limit
+        )
     if field is F.TIME:
         return times
     if isinstance(field, F.Opt):
@@ -88,10 +115,10 @@ def strategy_for(field: F.Field) -> st.SearchStrategy[Any]:
     if isinstance(field, F.Array):
         return st.tuples(*[strategy_for(field.inner)] * field.n)
     if isinstance(field, F.Enum8):
-        return st.sampled_from(list(field.cls))
+        return st.sampled_from(field.values)
     if isinstance(field, F.Records):
         record = record_strategy(field.factory, field.layout)
-        return st.lists(record, min_size=1, max_size=field.max_count).map(tuple)
+        return st.lists(record, min_size=field.min_count, max_size=field.max_count).map(tuple)
     raise AssertionError(f"no strategy for {field.name}")
 
 
@@ -99,8 +126,44 @@ def record_strategy(cls: Any, layout: tuple[tuple[str, F.Field], ...]) -> st.Sea
     return st.builds(cls, **{name: strategy_for(f) for name, f in layout})
 
 
+def repair(m: Any) -> Any:
+    """Make a message with in-range fields also satisfy its rules between fields (§4.4)."""
+    r = dataclasses.replace
+    if isinstance(m, HelloMsg | HelloAckMsg):
+        lo, hi = sorted((max(1, m.min_version), max(1, m.max_version)))
+        m = r(m, min_version=lo, max_version=hi)
+    if isinstance(m, HelloAckMsg) and m.version:
+        m = r(
+            m, version=min(max(m.version, m.min_version), m.max_version),
+            ring_name=m.ring_name or "ring", ring_generation=m.ring_generation or 1,
+            bytes_per_pixel=2, slot_count=min(max(m.slot_count, 1), 65535),
+            max_rows=m.max_rows or 1, max_columns=m.max_columns or 1,
+        )  # fmt: skip
+    if isinstance(m, ResendRequestMsg):
+        if m.mode is ResendMode.FRAMES:
+            m = r(m, count=min(max(m.count, 1), MAX_RESEND_FRAMES), series_key="", index=0)
+        elif m.mode is ResendMode.SLICE:
+            m = r(m, first_seq=0, count=0, series_key=m.series_key or "k")
+        else:
+            m = r(m, first_seq=0, count=0, series_key="", index=0)
+    if isinstance(m, SeriesStartMsg):
+        helical = m.scan_options == "HELICAL"
+        pitch = (m.spiral_pitch_factor or 1.0) if helical else None
+        m = r(m, spiral_pitch_factor=pitch, rescale_slope=m.rescale_slope or 1.0)
+    if isinstance(m, SliceReadyMsg):
+        columns = m.columns if m.rows * m.columns * 2 < 2**32 else 1
+        m = r(m, columns=columns, pixel_length=m.rows * columns * 2)
+    if isinstance(m, IrradiationEventMsg):
+        start, end = sorted((m.start_time, m.end_time))
+        spiral = m.acquisition_type is AcquisitionType.SPIRAL
+        pitch = (m.pitch_factor or 1.0) if spiral else None
+        m = r(m, start_time=start, end_time=end, pitch_factor=pitch)
+    assert m.problem() is None, m.problem()
+    return m
+
+
 messages: st.SearchStrategy[Message] = st.one_of(
-    [record_strategy(cls, cls.LAYOUT) for cls in MESSAGE_TYPES.values()]
+    [record_strategy(cls, cls.LAYOUT).map(repair) for cls in MESSAGE_TYPES.values()]
 )
 seqs = st.integers(0, SEQ_MODULO - 1)
 flag_values = st.integers(0, 0xFFFF)
@@ -110,12 +173,14 @@ def largest(field: F.Field) -> Any:
     """The value with the longest encoding."""
     if isinstance(field, F._Int):
         return field.hi
-    if field is F.F64:
+    if isinstance(field, F._F64Field):
         return 1.0
     if field is F.BOOL:
         return True
-    if field is F.STR:
-        return "x" * 255
+    if isinstance(field, F.Str):
+        n = field.max_bytes
+        candidates = ("x" * n, "X" * n, "1." + "2" * (n - 2), "HELICAL", "HFDR")
+        return max((c for c in candidates if field.problem(c, len(c)) is None), key=len)
     if field is F.TIME:
         return datetime(2024, 1, 1, tzinfo=UTC)
     if isinstance(field, F.Opt):
@@ -132,7 +197,7 @@ def largest(field: F.Field) -> Any:
 
 def largest_message(cls: type[Message]) -> Message:
     factory: Any = cls
-    message: Message = factory(**{name: largest(f) for name, f in cls.LAYOUT})
+    message: Message = repair(factory(**{name: largest(f) for name, f in cls.LAYOUT}))
     return message
 
 
@@ -229,7 +294,7 @@ SAMPLE_SLICE = SliceReadyMsg(
     rows=512,
     columns=512,
     pixel_length=524288,
-    pixel_crc=0x1C291CA3,
+    pixel_crc=0xDC4ED592,  # the pixels of PROTOCOL.md §11: (r·512 + c) mod 65 536
     image_position=(-175.0, -175.0, -123.5),
     table_position_mm=-123.5,
     acquisition_time=datetime(2024, 6, 11, 9, 30, 15, 250000, tzinfo=timezone(timedelta(hours=2))),
@@ -274,9 +339,33 @@ def _irradiation_payload(**changes: Any) -> bytes:
     return raw_frame(MsgType.IRRADIATION_EVENT, _encode_fields(IRRADIATION, **changes))
 
 
+def loose(field: F.Field) -> F.Field:
+    """The same wire encoding without range checks: to build payloads that must not decode."""
+    if isinstance(field, F.Str):
+        return F.STR
+    if isinstance(field, F._Int):
+        return {1: F.U8, 2: F.U16, 4: F.U32, 8: F.U64}[field._s.size]
+    if isinstance(field, F._F64Field):
+        return F.F64
+    if isinstance(field, F.Enum8):
+        return F.U8
+    if isinstance(field, F.Opt):
+        return F.Opt(loose(field.inner))
+    if isinstance(field, F.Array):
+        return F.Array(loose(field.inner), field.n)
+    if isinstance(field, F.Records):
+        return F.Records(field.factory, loose_layout(field.layout), 255)
+    return field
+
+
+def loose_layout(layout: tuple[tuple[str, F.Field], ...]) -> tuple[tuple[str, F.Field], ...]:
+    return tuple((name, loose(f)) for name, f in layout)
+
+
 def _encode_fields(message: Any, **changes: Any) -> bytes:
+    """The payload of `message` with `changes`, encoded without any range or rule check."""
     out = bytearray()
-    F.encode_fields(dataclasses.replace(message, **changes), message.LAYOUT, out)
+    F.encode_fields(dataclasses.replace(message, **changes), loose_layout(message.LAYOUT), out)
     return bytes(out)
 
 
@@ -311,7 +400,7 @@ SLICE_FIELDS = _encode_fields(SAMPLE_SLICE)
         raw_frame(MsgType.SERIES_END, b"\x02\xc3\x28\x00\x00\x00\x00"),  # invalid UTF-8
         raw_frame(MsgType.SERIES_END, b"\x09A\x00\x00\x00\x00"),  # string past the end
         raw_frame(MsgType.HEARTBEAT, b"\x00" * 8 + b"\x09" + b"\x00" * 4),  # bad enum
-        raw_frame(MsgType.HW_ERROR, b"\x00\x00\x02"),  # opt presence byte 2
+        raw_frame(MsgType.HW_ERROR, b"\x01E\x00\x02"),  # opt presence byte 2
         raw_frame(MsgType.SLICE_READY, SLICE_FIELDS[:-10] + struct.pack("<qh", 0, 2000)),
         raw_frame(
             MsgType.SLICE_READY,
@@ -328,6 +417,115 @@ def test_bad_payload(frame: bytes) -> None:
     error = only_error(frame)
     assert error.kind is ErrorKind.BAD_PAYLOAD, error
     assert error.seq == 0 and error.msg_type is not None
+
+
+SAMPLE_START = series_start_message(
+    base.SeriesStart(
+        token="T", series_key="K", series_number=3, description="d", protocol_name="p",
+        body_part="CHEST", patient_position="HFS", image_orientation=(1, 0, 0, 0, 1, 0),
+        rows=512, columns=512, pixel_spacing_mm=(0.7, 0.7), slice_thickness_mm=1.0,
+        kernel="STANDARD", kvp=120, tube_current_ma=200, exposure_time_ms=500,
+        exposure_mas=100, revolution_time_s=0.5, single_collimation_mm=0.625,
+        total_collimation_mm=40, spiral_pitch_factor=None, scan_options="AXIAL",
+        data_collection_diameter_mm=500, reconstruction_diameter_mm=358.4, simulated=True,
+        irradiation_event_uid="1.2.826.0.1.3680043.10.1234.1", frame_of_reference_id=1,
+    ),
+)  # fmt: skip
+HELLO_ACK = HelloAckMsg(1, 1, 1, "CT-9", "SN1", "modality-ring", 42, 8, 528384, 512, 512, 2)
+RESEND_SLICE = ResendRequestMsg(ResendMode.SLICE, 0, 0, "K", 3)
+LOST = SliceLostMsg("K", 3, LostReason.RECON_FAILED, "recon failed")
+
+
+def _bad(message: Any, **changes: Any) -> bytes:
+    return raw_frame(message.TYPE, _encode_fields(message, **changes))
+
+
+RULE_BREAKERS = [
+    ("series_key charset", _bad(SeriesEndMsg("K", 1), series_key="a/b")),
+    ("series_key empty", _bad(SeriesEndMsg("K", 1), series_key="")),
+    ("series_key > 64", _bad(SeriesEndMsg("K", 1), series_key="k" * 65)),
+    ("token charset", _bad(SetExamTokenMsg("t"), token="a b")),
+    ("series_number > 2^31-1", _bad(SAMPLE_START, series_number=2**31)),
+    ("description > 64 bytes", _bad(SAMPLE_START, description="é" * 33)),
+    ("patient_position", _bad(SAMPLE_START, patient_position="XYZ")),
+    ("scan_options", _bad(SAMPLE_START, scan_options="SPIRAL")),
+    ("pitch without HELICAL", _bad(SAMPLE_START, spiral_pitch_factor=1.0)),
+    ("rows 0", _bad(SAMPLE_START, rows=0)),
+    ("negative kvp", _bad(SAMPLE_START, kvp=-1.0)),
+    ("cosine > 1", _bad(SAMPLE_START, image_orientation=(2.0, 0, 0, 0, 1, 0))),
+    ("zero pixel spacing", _bad(SAMPLE_START, pixel_spacing_mm=(0.0, 0.7))),
+    ("event UID in SERIES_START", _bad(SAMPLE_START, irradiation_event_uid="1.02")),
+    ("pixel_length", _bad(SAMPLE_SLICE, pixel_length=524287)),
+    ("slice rows 0", _bad(SAMPLE_SLICE, rows=0, pixel_length=0)),
+    ("slot 65535", _bad(SAMPLE_SLICE, slot=65535)),
+    ("slot_seq 0", _bad(SAMPLE_SLICE, slot_seq=0)),
+    ("SLICE_LOST TORN", _bad(LOST, reason=4)),
+    ("SLICE_LOST reason 0", _bad(LOST, reason=0)),
+    ("FRAMES count 0", _bad(ResendRequestMsg(ResendMode.ALL, 0, 0, "", 0), mode=1)),
+    ("FRAMES count 1025", _bad(ResendRequestMsg(ResendMode.FRAMES, 5, 1, "", 0), count=1025)),
+    ("FRAMES with a key", _bad(ResendRequestMsg(ResendMode.FRAMES, 5, 1, "", 0), series_key="K")),
+    ("SLICE with first_seq", _bad(RESEND_SLICE, first_seq=7)),
+    ("SLICE without key", _bad(RESEND_SLICE, series_key="")),
+    ("ALL with index", _bad(ResendRequestMsg(ResendMode.ALL, 0, 0, "", 0), index=1)),
+    ("end before start", _bad(IRRADIATION, end_time=datetime(2024, 6, 11, 9, tzinfo=UTC))),
+    ("pitch not spiral", _bad(IRRADIATION, acquisition_type=AcquisitionType.SEQUENCED)),
+    ("spiral without pitch", _bad(IRRADIATION, pitch_factor=None)),
+    ("event_uid leading zero", _bad(IRRADIATION, event_uid="1.2.03")),
+    ("event_uid empty", _bad(IRRADIATION, event_uid="")),
+    ("negative CTDIvol", _bad(IRRADIATION, mean_ctdivol_mgy=-0.1)),
+    ("ring_name ..", _bad(HELLO_ACK, ring_name="..")),
+    ("ring_name slash", _bad(HELLO_ACK, ring_name="a/b")),
+    ("accepted without ring", _bad(HELLO_ACK, ring_name="")),
+    ("bytes_per_pixel 1", _bad(HELLO_ACK, bytes_per_pixel=1)),
+    ("version outside range", _bad(HELLO_ACK, version=2)),
+    ("ACK of an unknown type", _bad(AckMsg(1, MsgType.HELLO, AckStatus.OK, ""), acked_type=0x7F)),
+    ("HW_ERROR code", _bad(HwErrorMsg("E", "m", None), code="tube arc")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rule", "frame"), RULE_BREAKERS, ids=[r for r, _ in RULE_BREAKERS])
+def test_check_8_rules_do_not_decode(rule: str, frame: bytes) -> None:
+    error = only_error(frame)
+    assert error.kind is ErrorKind.BAD_PAYLOAD, (rule, error)
+
+
+@pytest.mark.parametrize(("rule", "frame"), RULE_BREAKERS, ids=[r for r, _ in RULE_BREAKERS])
+def test_check_8_rules_do_not_encode(rule: str, frame: bytes) -> None:
+    """What the decoder refuses, the encoder refuses too (with EncodeError, nothing else)."""
+    raw = cobs_decode(frame[1:-1])
+    assert raw is not None
+    cls = MESSAGE_TYPES[raw[1]]
+    values = dict(F.decode_fields(raw[10:-4], 0, loose_layout(cls.LAYOUT))[0])
+    for name, f in cls.LAYOUT:  # restore enum types where the loose value is a valid member
+        if isinstance(f, F.Enum8) and values[name] in set(f.cls):
+            values[name] = f.cls(values[name])
+    factory: Any = cls
+    with pytest.raises(EncodeError):
+        encode(factory(**values), 0)
+
+
+def test_refused_hello_ack_ignores_ring_fields() -> None:
+    refused = HelloAckMsg(0, 2, 3, "CT-9", "SN1", "", 0, 0, 0, 0, 0, 0)
+    assert frames_of(FrameDecoder().feed(encode(refused, 0)))[0].message == refused
+
+
+def test_payload_over_8192_bytes_is_a_length_error() -> None:
+    error = only_error(raw_frame(MsgType.HW_ERROR, b"\x01E" + b"\x00" * (MAX_PAYLOAD + 1)))
+    assert error.kind is ErrorKind.LENGTH
+
+
+def test_direction_check() -> None:
+    host_side = FrameDecoder(accept=sent_by_device)
+    release = encode(SliceReleaseMsg("K", 1, 2, 3), 4)
+    (record,) = host_side.feed(release)
+    assert isinstance(record, FrameError) and record.kind is ErrorKind.DIRECTION
+    assert (record.seq, record.msg_type, record.size) == (
+        4,
+        MsgType.SLICE_RELEASE,
+        len(release) - 2,
+    )
+    assert host_side.errors[ErrorKind.DIRECTION] == 1
+    assert frames_of(host_side.feed(encode(SAMPLE_SLICE, 5)))[0].message == SAMPLE_SLICE
 
 
 def test_valid_irradiation_event_decodes() -> None:
@@ -367,6 +565,13 @@ def test_directions_cover_every_type_once() -> None:
 def test_encode_rejects_non_messages() -> None:
     with pytest.raises(EncodeError):
         encode(base.SeriesEnd("k", 1), 0)  # type: ignore[arg-type]
+    not_a_source = dataclasses.replace(IRRADIATION, sources=(base.SeriesEnd("k", 1),))  # type: ignore[arg-type]
+    with pytest.raises(EncodeError):
+        encode(not_a_source, 0)
+    with pytest.raises(EncodeError):
+        encode(SAMPLE_SLICE, "1")  # type: ignore[arg-type]
+    with pytest.raises(EncodeError):
+        encode(SAMPLE_SLICE, 1, None)  # type: ignore[arg-type]
 
 
 # --- sequence accounting ----------------------------------------------------------------------
@@ -457,22 +662,20 @@ def test_slice_tracker() -> None:
 
 
 def test_event_conversions() -> None:
-    start = base.SeriesStart(
-        token="T", series_key="K", series_number=3, description="d", protocol_name="p",
-        body_part="CHEST", patient_position="HFS", image_orientation=(1, 0, 0, 0, 1, 0),
-        rows=512, columns=512, pixel_spacing_mm=(0.7, 0.7), slice_thickness_mm=1.0,
-        kernel="STANDARD", kvp=120, tube_current_ma=200, exposure_time_ms=500,
-        exposure_mas=100, revolution_time_s=0.5, single_collimation_mm=0.625,
-        total_collimation_mm=40, spiral_pitch_factor=None, scan_options="AXIAL",
-        data_collection_diameter_mm=500, reconstruction_diameter_mm=358.4, simulated=True,
-    )  # fmt: skip
-    message = series_start_message(start)
-    (frame,) = FrameDecoder().feed(encode(message, 0))
+    (frame,) = FrameDecoder().feed(encode(SAMPLE_START, 0))
     assert isinstance(frame, DecodedFrame) and isinstance(frame.message, SeriesStartMsg)
-    assert series_start_event(frame.message) == start
+    start = series_start_event(frame.message)
+    assert start.irradiation_event_uid == SAMPLE_START.irradiation_event_uid
+    assert start.frame_of_reference_id == 1
+    assert series_start_message(start) == SAMPLE_START
     pixels = np.zeros((512, 512), dtype=np.uint16)
     event = slice_ready_event(SAMPLE_SLICE, pixels)
-    assert (event.series_key, event.index, event.slot) == ("RECON-20240611-0003", 41, 9)
+    assert (event.series_key, event.index, event.slot, event.slot_seq) == (
+        "RECON-20240611-0003", 41, 9, 1234567,
+    )  # fmt: skip
+    dose = irradiation_event(IRRADIATION)
+    assert isinstance(dose, IrradiationEvent) and dose.event_uid == IRRADIATION.event_uid
+    assert irradiation_event_message(dose) == IRRADIATION
     with pytest.raises(ValueError):
         slice_ready_event(SAMPLE_SLICE, np.zeros((2, 2), dtype=np.uint16))
     assert series_end_event(SeriesEndMsg("K", 3)) == base.SeriesEnd("K", 3)
@@ -500,6 +703,11 @@ def test_worked_example_matches_the_codec() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert f"0x{crc32(raw[:-4]):08X}" in text
     assert f"0x{SAMPLE_SLICE.pixel_crc:08X}" in text
+    assert "`pixel(r, c) = (r · 512 + c) mod 65 536`" in text
+    r, c = np.indices((512, 512))
+    pixels = ((r * 512 + c) % 65536).astype("<u2").tobytes()
+    assert pixels[:6] == b"\x00\x00\x01\x00\x02\x00"
+    assert crc32(pixels) == SAMPLE_SLICE.pixel_crc
 
 
 def test_doc_byte_tables_match_the_layouts() -> None:
@@ -627,7 +835,10 @@ def test_fuzz_frame_decoder_100k_inputs() -> None:
     elapsed = time.perf_counter() - started
     print(f"\nfuzz: {FUZZ_INPUTS} inputs in {elapsed:.1f} s; records: {dict(FUZZ_SEEN)}")
     assert FUZZ_INPUTS >= 100_000
-    assert set(FUZZ_SEEN) >= {"frame"} | {k.value for k in ErrorKind}  # every path was taken
+    # every path was taken (the direction check needs `FrameDecoder(accept=...)`)
+    assert set(FUZZ_SEEN) >= {"frame"} | {
+        k.value for k in ErrorKind if k is not ErrorKind.DIRECTION
+    }
 
 
 def test_throughput_print() -> None:

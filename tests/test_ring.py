@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from hardware.ring import (
     HEADER_SIZE,
+    MAX_SLOT_SIZE,
     PAGE,
     RING_MAGIC,
     SLOT_PAYLOAD_OFFSET,
@@ -60,7 +61,7 @@ def test_header_round_trips(
     header = RingHeader(slots, size, rows, cols, generation, created)
     packed = header.pack()
     assert len(packed) == HEADER_SIZE and packed[:8] == RING_MAGIC
-    assert RingHeader.unpack(packed) == header
+    assert RingHeader.unpack(packed, header_only=True) == header
 
 
 def corrupt(packed: bytes, offset: int, value: bytes, fix_crc: bool = True) -> bytes:
@@ -88,12 +89,24 @@ GOOD = RingHeader(8, slot_size_for(512, 512), 512, 512, 42, 0).pack()
         (corrupt(GOOD, 24, b"\x04"), "bytes per pixel"),
         (corrupt(GOOD, 20, b"\x00\x00"), "image size"),
         (corrupt(GOOD, 32, b"\x00" * 8), "generation 0"),
+        (corrupt(GOOD, 25, b"\x01"), "reserved header bytes 25"),
+        (corrupt(GOOD, 4095, b"\x01"), "reserved header bytes 52"),
         (GOOD + b"\x00" * 100, "mapping is"),
+        (GOOD, "mapping is"),  # a header alone is not a ring
     ],
 )
 def test_header_validation(data: bytes, message: str) -> None:
     with pytest.raises(RingError, match=message):
         RingHeader.unpack(data)
+
+
+def test_slot_size_must_fit_a_u32() -> None:
+    too_big = slot_size_for(65535, 65535)
+    assert too_big > 0xFFFF_FFFF
+    with pytest.raises(RingError, match="slot size"):
+        RingHeader(1, too_big, 65535, 65535, 1, 0).validate()
+    largest = RingHeader(1, MAX_SLOT_SIZE, 46340, 46340, 1, 0)  # 46340² · 2 + 72 fits
+    assert RingHeader.unpack(largest.pack(), header_only=True) == largest
 
 
 def test_pack_refuses_an_invalid_geometry() -> None:
@@ -151,6 +164,35 @@ def test_corrupt_payload_metadata_or_announcement_is_torn() -> None:
     struct.pack_into("<IIHH", buf, HEADER_SIZE + 8, len(pixels), crc, 48, 48)  # shape garbage
     with pytest.raises(TornSlotError, match="for 48x48"):
         read_slot(buf, header, 0, 5, crc)
+
+
+def test_announced_shape_must_match_the_slot() -> None:
+    header, buf = make_ring()
+    crc = write_slot(buf, header, 0, 5, 64, 48, image(64, 48, 4).tobytes())
+    assert read_slot(buf, header, 0, 5, crc, 64 * 48 * 2, rows=64, columns=48).rows == 64
+    with pytest.raises(TornSlotError, match="announced 48x64"):
+        read_slot(buf, header, 0, 5, crc, 64 * 48 * 2, rows=48, columns=64)
+    with pytest.raises(TornSlotError, match="announced 64x47"):
+        read_slot(buf, header, 0, 5, crc, rows=64, columns=47)
+
+
+def test_writer_zeroes_the_reserved_slot_bytes() -> None:
+    header, buf = make_ring()
+    off = HEADER_SIZE + header.slot_size
+    buf[off + 20 : off + 64] = b"\xee" * 44  # garbage from an earlier life of the memory
+    write_slot(buf, header, 1, 9, 64, 48, bytes(64 * 48 * 2))
+    assert bytes(buf[off + 20 : off + 64]) == bytes(44)
+
+
+def test_zero_rows_never_written_or_read() -> None:
+    header, buf = make_ring()
+    with pytest.raises(RingError, match="does not fit"):
+        write_slot(buf, header, 0, 1, 0, 48, b"")
+    begin_slot_write(buf, header, 0, 3)
+    struct.pack_into("<IIHH", buf, HEADER_SIZE + 8, 0, zlib.crc32(b""), 0, 48)
+    end_slot_write(buf, header, 0, 3)
+    with pytest.raises(TornSlotError, match="0x48"):
+        read_slot(buf, header, 0, 3, zlib.crc32(b""))
 
 
 def test_slot_bounds() -> None:

@@ -5,12 +5,15 @@
     sequence  SequenceTracker (frame numbers), SliceTracker (slice indices of a series)
     events    conversions to and from the events of hardware.base
 
-The only exception the codec raises is `EncodeError` (from `encode`, for a value that does not
-fit its field); decoding never raises, it returns `FrameError` records.
+The only exception the codec raises is `EncodeError` (from `encode`, for anything that is not a
+message whose values satisfy PROTOCOL.md §4.4); decoding never raises, it returns `FrameError`
+records. Encoder and decoder apply the same rules: what decodes re-encodes, and vice versa.
 """
 
 from hardware.protocol.events import (
     hardware_error_event,
+    irradiation_event,
+    irradiation_event_message,
     series_end_event,
     series_start_event,
     series_start_message,
@@ -33,6 +36,7 @@ from hardware.protocol.framing import (
     encode,
 )
 from hardware.protocol.messages import (
+    MAX_RESEND_FRAMES,
     MESSAGE_TYPES,
     AckMsg,
     AckStatus,
@@ -50,6 +54,7 @@ from hardware.protocol.messages import (
     Message,
     MsgType,
     Phantom,
+    ReplayDoneMsg,
     ResendMode,
     ResendRequestMsg,
     SeriesEndMsg,
@@ -72,6 +77,11 @@ ACK_TIMEOUT_S = 1.0
 REORDER_WINDOW_S = 0.2
 RESEND_ATTEMPTS = 3
 REPLAY_DEPTH = 1024  # frames the device keeps for RESEND_REQUEST(FRAMES)
+RESEND_RETRY_S = 1.0  # a re-request unanswered (no RETRANSMIT frame) for this long is repeated
+TORN_RETRY_S = 30.0  # after 3 torn reads, the slice is asked for again this often
+HELD_MISMATCH_HEARTBEATS = 3  # heartbeats with more held slots than outstanding: RESEND ALL
+MIN_DURABLE_RECORDS = 256  # un-ACKed IRRADIATION_EVENTs a device keeps across power cycles
+MAX_UNACKED_HW_ERRORS = 16  # un-ACKed HW_ERRORs a device keeps for the replay
 BAUD_RATE = 921_600
 
 __all__ = [
@@ -81,14 +91,20 @@ __all__ = [
     "FRAME_VERSION",
     "HANDSHAKE_TIMEOUT_S",
     "HEARTBEAT_INTERVAL_S",
+    "HELD_MISMATCH_HEARTBEATS",
     "LINK_TIMEOUT_S",
     "MAX_ENCODED",
     "MAX_PAYLOAD",
+    "MAX_RESEND_FRAMES",
+    "MAX_UNACKED_HW_ERRORS",
     "MESSAGE_TYPES",
+    "MIN_DURABLE_RECORDS",
     "PROTOCOL_VERSION",
     "REORDER_WINDOW_S",
     "REPLAY_DEPTH",
     "RESEND_ATTEMPTS",
+    "RESEND_RETRY_S",
+    "TORN_RETRY_S",
     "AckMsg",
     "AckStatus",
     "AcquisitionType",
@@ -111,6 +127,7 @@ __all__ = [
     "MsgType",
     "Phantom",
     "ProtocolError",
+    "ReplayDoneMsg",
     "ResendMode",
     "ResendRequestMsg",
     "SeqKind",
@@ -131,6 +148,8 @@ __all__ = [
     "decode_frame",
     "encode",
     "hardware_error_event",
+    "irradiation_event",
+    "irradiation_event_message",
     "sent_by_device",
     "sent_by_host",
     "series_end_event",

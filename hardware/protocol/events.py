@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import numpy as np
 import numpy.typing as npt
 
 from hardware.base import HardwareError, SeriesEnd, SeriesStart, SliceReady
-from hardware.protocol.messages import HwErrorMsg, SeriesEndMsg, SeriesStartMsg, SliceReadyMsg
+from hardware.dose import IrradiationEvent
+from hardware.protocol.messages import (
+    HwErrorMsg,
+    IrradiationEventMsg,
+    SeriesEndMsg,
+    SeriesStartMsg,
+    SliceReadyMsg,
+)
+
+_SERIES_START_FIELDS = frozenset(f.name for f in fields(SeriesStart))
+_IRRADIATION_FIELDS = tuple(f.name for f in fields(IrradiationEvent))
 
 
 def series_start_event(msg: SeriesStartMsg) -> SeriesStart:
-    return SeriesStart(**asdict(msg))
+    """The driver event: the same fields."""
+    values = {k: v for k, v in asdict(msg).items() if k in _SERIES_START_FIELDS}
+    return SeriesStart(**values)
 
 
 def series_start_message(event: SeriesStart) -> SeriesStartMsg:
@@ -31,11 +43,22 @@ def slice_ready_event(msg: SliceReadyMsg, pixels: npt.NDArray[np.uint16]) -> Sli
         acquisition_time=msg.acquisition_time,
         pixels=pixels,
         slot=msg.slot,
+        slot_seq=msg.slot_seq,
     )
 
 
 def series_end_event(msg: SeriesEndMsg) -> SeriesEnd:
     return SeriesEnd(series_key=msg.series_key, slices=msg.slices)
+
+
+def irradiation_event(msg: IrradiationEventMsg) -> IrradiationEvent:
+    """The driver event of a decoded IRRADIATION_EVENT (the same fields, records shared)."""
+    return IrradiationEvent(**{name: getattr(msg, name) for name in _IRRADIATION_FIELDS})
+
+
+def irradiation_event_message(event: IrradiationEvent) -> IrradiationEventMsg:
+    """The message for an event (the simulator's side); `encode` checks the ranges."""
+    return IrradiationEventMsg(**{name: getattr(event, name) for name in _IRRADIATION_FIELDS})
 
 
 def hardware_error_event(msg: HwErrorMsg) -> HardwareError:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields as dc_fields
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -60,7 +61,10 @@ class _Int(Field):
 
     def decode(self, buf: bytes, pos: int) -> tuple[Any, int]:
         end = _take(buf, pos, self._s.size)
-        return self._s.unpack_from(buf, pos)[0], end
+        value = self._s.unpack_from(buf, pos)[0]
+        if not self.lo <= value <= self.hi:
+            raise PayloadError(f"{self.name} out of range [{self.lo}, {self.hi}]: {value}")
+        return value, end
 
 
 U8 = _Int("B", "u8", 0, 0xFF)
@@ -71,23 +75,57 @@ _F64 = struct.Struct("<d")
 
 
 class _F64Field(Field):
-    name = "f64"
+    """A finite binary64; with `lo` set, at least `lo` (or greater than `lo` if `open_lo`);
+    with `hi` set, at most `hi`."""
+
+    def __init__(
+        self, lo: float | None = None, hi: float | None = None, open_lo: bool = False
+    ) -> None:
+        self.lo, self.hi, self.open_lo = lo, hi, open_lo
+        self.name = "f64" if lo is None and hi is None else f"f64 {self.range_text()}"
+
+    def range_text(self) -> str:
+        if self.lo is None and self.hi is None:
+            return "finite"
+        lo = "" if self.lo is None else (f"> {self.lo:g}" if self.open_lo else f">= {self.lo:g}")
+        hi = "" if self.hi is None else f"<= {self.hi:g}"
+        return " and ".join(t for t in (lo, hi) if t)
+
+    def problem(self, v: float) -> str | None:
+        if not math.isfinite(v):
+            return f"non-finite f64 {v!r}"
+        if self.lo is not None and (v <= self.lo if self.open_lo else v < self.lo):
+            return f"{v!r} out of range ({self.range_text()})"
+        if self.hi is not None and v > self.hi:
+            return f"{v!r} out of range ({self.range_text()})"
+        return None
 
     def encode(self, value: Any, out: bytearray) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not math.isfinite(value):
+        if not number:
             raise EncodeError(f"f64 must be a finite number: {value!r}")
-        out += _F64.pack(float(value))
+        try:
+            v = float(value)
+        except OverflowError:
+            raise EncodeError(f"f64 out of range: {value!r}") from None
+        problem = self.problem(v)
+        if problem:
+            raise EncodeError(problem)
+        out += _F64.pack(v)
 
     def decode(self, buf: bytes, pos: int) -> tuple[Any, int]:
         end = _take(buf, pos, 8)
         (v,) = _F64.unpack_from(buf, pos)
-        if not math.isfinite(v):
-            raise PayloadError(f"non-finite f64 at offset {pos}")
+        problem = self.problem(v)
+        if problem:
+            raise PayloadError(f"{problem} at offset {pos}")
         return v, end
 
 
 F64 = _F64Field()
+F64_NONNEG = _F64Field(lo=0.0)  # physical magnitudes: >= 0
+F64_POS = _F64Field(lo=0.0, open_lo=True)  # geometry that must be > 0
+F64_COSINE = _F64Field(lo=-1.0, hi=1.0)  # direction cosines
 
 
 class _Bool(Field):
@@ -109,10 +147,24 @@ class _Bool(Field):
 BOOL = _Bool()
 
 
-class _Str(Field):
-    """u8 byte length, then that many bytes of UTF-8 (no terminator)."""
+class Str(Field):
+    """u8 byte length, then that many bytes of UTF-8 (no terminator).
 
-    name = "str"
+    `max_bytes` (<= 255) bounds the UTF-8 length; `pattern`, when given, must match the whole
+    string (a regular expression over the decoded text). Both apply to encoding and decoding
+    alike, so that whatever decodes also encodes."""
+
+    def __init__(self, max_bytes: int = 255, pattern: str | None = None, name: str = "str"):
+        self.max_bytes, self.pattern = max_bytes, pattern
+        self._re = re.compile(pattern) if pattern is not None else None
+        self.name = name
+
+    def problem(self, text: str, size: int) -> str | None:
+        if size > self.max_bytes:
+            return f"{self.name} longer than {self.max_bytes} bytes of UTF-8 ({size})"
+        if self._re is not None and not self._re.fullmatch(text):
+            return f"{self.name} {text!r} does not match {self.pattern}"
+        return None
 
     def encode(self, value: Any, out: bytearray) -> None:
         if not isinstance(value, str):
@@ -121,8 +173,9 @@ class _Str(Field):
             data = value.encode("utf-8")
         except UnicodeEncodeError as e:  # lone surrogates
             raise EncodeError(f"string is not encodable as UTF-8: {e}") from None
-        if len(data) > 255:
-            raise EncodeError(f"string longer than 255 bytes of UTF-8 ({len(data)})")
+        problem = self.problem(value, len(data))
+        if problem:
+            raise EncodeError(problem)
         out.append(len(data))
         out += data
 
@@ -130,12 +183,29 @@ class _Str(Field):
         n_end = _take(buf, pos, 1)
         end = _take(buf, n_end, buf[pos])
         try:
-            return bytes(buf[n_end:end]).decode("utf-8"), end
+            text = bytes(buf[n_end:end]).decode("utf-8")
         except UnicodeDecodeError:
             raise PayloadError(f"invalid UTF-8 in string at offset {pos}") from None
+        problem = self.problem(text, end - n_end)
+        if problem:
+            raise PayloadError(f"{problem} at offset {pos}")
+        return text, end
 
 
-STR = _Str()
+STR = Str()  # free text, <= 255 bytes
+# free text that a DICOM LO holds: at most 64 bytes, no control character, no backslash
+TEXT64 = Str(64, r"[^\x00-\x1f\x7f\\]*", name="LO text")
+# DICOM CS: upper-case letters, digits, space and underscore, at most 16 characters
+CS16 = Str(16, r"[A-Z0-9 _]*", name="CS")
+# printable ASCII without backslash (the DICOM multi-value separator), at most 16 characters
+SH16 = Str(16, r"[\x20-\x5b\x5d-\x7e]*", name="SH")
+# the device's id of a series: 1 to 64 of [A-Za-z0-9._-]
+SERIES_KEY = Str(64, r"[A-Za-z0-9._-]{1,64}", name="series_key")
+# a DICOM UID: digits and dots, no empty component, no leading zero in a component
+UID = Str(64, r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+", name="UID")
+UID_OR_EMPTY = Str(64, r"((0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+)?", name="UID or empty")
+# the exam token, opaque to the device: 0 to 64 of [A-Za-z0-9._-] ("" = no exam)
+TOKEN = Str(64, r"[A-Za-z0-9._-]{0,64}", name="token")
 
 
 class Opt(Field):
@@ -181,17 +251,20 @@ class Array(Field):
 class Enum8(Field):
     """A u8 holding the value of an IntEnum; unknown values do not decode."""
 
-    def __init__(self, cls: type[enum.IntEnum]) -> None:
-        self.cls = cls
+    def __init__(self, cls: type[enum.IntEnum], exclude: frozenset[int] = frozenset()) -> None:
+        self.cls, self.exclude = cls, exclude
         self.name = cls.__name__
+        self.values = tuple(v for v in cls if v not in exclude)
 
     def encode(self, value: Any, out: bytearray) -> None:
-        if not isinstance(value, self.cls):
-            raise EncodeError(f"{self.cls.__name__} expected: {value!r}")
+        if not isinstance(value, self.cls) or value in self.exclude:
+            raise EncodeError(f"{self.cls.__name__} expected (not {set(self.exclude)}): {value!r}")
         out.append(int(value))
 
     def decode(self, buf: bytes, pos: int) -> tuple[Any, int]:
         end = _take(buf, pos, 1)
+        if buf[pos] in self.exclude:
+            raise PayloadError(f"{buf[pos]} is not a {self.cls.__name__} valid on the wire")
         try:
             return self.cls(buf[pos]), end
         except ValueError:
@@ -218,6 +291,10 @@ class _Time(Field):
         if rem or not -MAX_OFFSET_MIN <= off_min <= MAX_OFFSET_MIN:
             raise EncodeError(f"UTC offset must be whole minutes within ±23:59: {off}")
         us = (value - _EPOCH) // timedelta(microseconds=1)
+        try:  # what the decoder will accept: the instant, in UTC and local, within years 1-9999
+            _EPOCH + timedelta(microseconds=us)
+        except OverflowError:
+            raise EncodeError(f"time out of range (UTC year 1-9999): {value}") from None
         out += _TIME.pack(us, off_min)
 
     def decode(self, buf: bytes, pos: int) -> tuple[Any, int]:
@@ -239,23 +316,36 @@ class Records(Field):
     """u8 count (at most `max_count`), then each record's fields in order."""
 
     def __init__(
-        self, factory: Callable[..., Any], layout: Sequence[tuple[str, Field]], max_count: int
+        self,
+        factory: type,
+        layout: Sequence[tuple[str, Field]],
+        max_count: int,
+        min_count: int = 0,
     ) -> None:
-        self.factory, self.layout, self.max_count = factory, tuple(layout), max_count
-        self.name = f"list of {getattr(factory, '__name__', 'record')}"
+        self.factory, self.layout = factory, tuple(layout)
+        self.min_count, self.max_count = min_count, max_count
+        self.name = f"list of {factory.__name__}"
 
     def encode(self, value: Any, out: bytearray) -> None:
-        if not isinstance(value, tuple | list) or len(value) > self.max_count:
-            raise EncodeError(f"{self.name}: at most {self.max_count} records: {value!r}")
+        if not isinstance(value, tuple | list) or not (
+            self.min_count <= len(value) <= self.max_count
+        ):
+            raise EncodeError(
+                f"{self.name}: {self.min_count} to {self.max_count} records: {value!r}"
+            )
         out.append(len(value))
         for record in value:
+            if type(record) is not self.factory:
+                raise EncodeError(f"{self.name}: not a {self.factory.__name__}: {record!r}")
             encode_fields(record, self.layout, out)
 
     def decode(self, buf: bytes, pos: int) -> tuple[Any, int]:
         end = _take(buf, pos, 1)
         n = buf[pos]
-        if n > self.max_count:
-            raise PayloadError(f"{self.name}: {n} records, at most {self.max_count}")
+        if not self.min_count <= n <= self.max_count:
+            raise PayloadError(
+                f"{self.name}: {n} records, {self.min_count} to {self.max_count} allowed"
+            )
         pos = end
         records = []
         for _ in range(n):

@@ -15,6 +15,7 @@ import enum
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hardware.protocol.fields import EncodeError, PayloadError
@@ -78,10 +79,10 @@ def encode(message: Message, seq: int, flags: int = 0) -> bytes:
     """One complete frame: 0x00, the COBS-encoded raw frame, 0x00. (The leading delimiter ends
     any garbage on the line, so that it cannot spoil this frame.) Raises `EncodeError` when a
     field is out of range, the payload exceeds `MAX_PAYLOAD`, or seq/flags do not fit."""
-    if not 0 <= seq < SEQ_MODULO:
-        raise EncodeError(f"seq out of range: {seq}")
-    if not 0 <= flags <= 0xFFFF:
-        raise EncodeError(f"flags out of range: {flags}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < SEQ_MODULO:
+        raise EncodeError(f"seq out of range: {seq!r}")
+    if isinstance(flags, bool) or not isinstance(flags, int) or not 0 <= flags <= 0xFFFF:
+        raise EncodeError(f"flags out of range: {flags!r}")
     payload = encode_payload(message)
     if len(payload) > MAX_PAYLOAD:
         raise EncodeError(f"{type(message).__name__}: payload {len(payload)} > {MAX_PAYLOAD}")
@@ -95,9 +96,10 @@ class ErrorKind(enum.Enum):
     TOO_SHORT = "too-short"  # fewer than 14 bytes after COBS decoding
     CRC = "crc"  # CRC-32 mismatch
     VERSION = "version"  # frame version byte is not FRAME_VERSION (CRC was good)
-    LENGTH = "length"  # length field disagrees with the frame size (CRC was good)
+    LENGTH = "length"  # length field disagrees with the frame size, or > 8192 (CRC was good)
     UNKNOWN_TYPE = "unknown-type"  # type byte not in MsgType (CRC was good)
     BAD_PAYLOAD = "bad-payload"  # payload does not decode as its type (CRC was good)
+    DIRECTION = "direction"  # a type the peer never sends (only with `FrameDecoder(accept=)`)
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,8 @@ def decode_frame(encoded: bytes) -> DecodedFrame | FrameError:
     version, msg_type, flags, seq, length = HEADER.unpack_from(body)
     if version != FRAME_VERSION:
         return FrameError(ErrorKind.VERSION, f"frame version {version}", size, seq, msg_type)
-    if length != len(body) - HEADER_SIZE:
-        detail = f"length field {length} != payload {len(body) - HEADER_SIZE}"
+    if length != len(body) - HEADER_SIZE or length > MAX_PAYLOAD:
+        detail = f"length field {length}, payload {len(body) - HEADER_SIZE}, max {MAX_PAYLOAD}"
         return FrameError(ErrorKind.LENGTH, detail, size, seq, msg_type)
     if msg_type not in MESSAGE_TYPES:
         return FrameError(ErrorKind.UNKNOWN_TYPE, f"type 0x{msg_type:02x}", size, seq, msg_type)
@@ -160,7 +162,11 @@ class FrameDecoder:
     shows up as one error record and spoils no other frame).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, accept: Callable[[int], bool] | None = None) -> None:
+        """`accept`, when given (`sent_by_device` on the host, `sent_by_host` on a device),
+        says which message types the peer may send; any other decoded frame becomes a
+        `FrameError(DIRECTION)` (check 9 of PROTOCOL.md §4.3)."""
+        self._accept = accept
         self._buf = bytearray()
         self._discarding = False  # dropping an over-long frame until the next delimiter
         self.frames = 0
@@ -189,8 +195,17 @@ class FrameDecoder:
             else:
                 self._buf += data[start:end]
                 if z >= 0 and self._buf:
-                    record = decode_frame(bytes(self._buf))
+                    encoded = bytes(self._buf)
                     self._buf.clear()
+                    record = decode_frame(encoded)
+                    if isinstance(record, DecodedFrame) and not self._accepts(record):
+                        record = FrameError(
+                            ErrorKind.DIRECTION,
+                            f"{record.message.TYPE.name} is not sent by the peer",
+                            len(encoded),
+                            record.seq,
+                            record.message.TYPE,
+                        )
                     if isinstance(record, FrameError):
                         self._error(out, record)
                     else:
@@ -201,6 +216,9 @@ class FrameDecoder:
             self._discarding = False
             start = z + 1
         return out
+
+    def _accepts(self, frame: DecodedFrame) -> bool:
+        return self._accept is None or self._accept(frame.message.TYPE)
 
     def _error(self, out: list[DecodedFrame | FrameError], error: FrameError) -> None:
         self.errors[error.kind] += 1

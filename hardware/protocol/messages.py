@@ -23,13 +23,23 @@ from hardware.dose import (
 )
 from hardware.protocol.fields import (
     BOOL,
+    CS16,
     F64,
+    F64_COSINE,
+    F64_NONNEG,
+    F64_POS,
+    SERIES_KEY,
+    SH16,
     STR,
+    TEXT64,
     TIME,
+    TOKEN,
     U8,
     U16,
     U32,
     U64,
+    UID,
+    UID_OR_EMPTY,
     Array,
     EncodeError,
     Enum8,
@@ -37,6 +47,9 @@ from hardware.protocol.fields import (
     Opt,
     PayloadError,
     Records,
+    Str,
+    _F64Field,
+    _Int,
     check_layout,
     decode_fields,
     encode_fields,
@@ -44,6 +57,22 @@ from hardware.protocol.fields import (
 
 Layout = tuple[tuple[str, Field], ...]
 VEC3 = Array(F64, 3)
+MAX_SLOTS = 65_535  # ring slots (PROTOCOL.md §9.2): a slot number is 0 .. 65 534
+SLOT = _Int("I", "slot", 0, MAX_SLOTS - 1)
+SLOT_SEQ = _Int("Q", "slot_seq", 1, 0xFFFF_FFFF_FFFF_FFFF)  # write numbers start at 1
+PIXELS = _Int("H", "rows/columns", 1, 0xFFFF)  # an image has at least one row and column
+SERIES_NUMBER = _Int("I", "series_number", 0, 2**31 - 1)  # DICOM IS: a signed 32-bit value
+MAX_RESEND_FRAMES = 1024
+RING_NAME = Str(64, r"([A-Za-z0-9_-][A-Za-z0-9._-]{0,63})?", name="ring_name")
+RESEND_KEY = Str(64, r"([A-Za-z0-9._-]{1,64})?", name="series_key or empty")
+# PS3.3 C.7.3.1.1.2 Patient Position defined terms
+PATIENT_POSITION = Str(
+    16, r"HFP|HFS|HFDR|HFDL|FFDR|FFDL|FFP|FFS|LFP|LFS|RFP|RFS|AFDR|AFDL|PFDR|PFDL",
+    name="patient_position",
+)  # fmt: skip
+SCAN_OPTIONS = Str(16, r"HELICAL|AXIAL", name="scan_options")
+HW_CODE = Str(64, r"[A-Z0-9_]{1,64}", name="code")
+TILT = _F64Field(lo=-90.0, hi=90.0)
 
 
 class MsgType(enum.IntEnum):
@@ -60,6 +89,7 @@ class MsgType(enum.IntEnum):
     SLICE_LOST = 0x23
     IRRADIATION_EVENT = 0x24
     HW_ERROR = 0x25
+    REPLAY_DONE = 0x26
 
 
 class DeviceState(enum.IntEnum):
@@ -91,6 +121,11 @@ class Message:
     TYPE: ClassVar[MsgType]
     LAYOUT: ClassVar[Layout]
 
+    def problem(self) -> str | None:
+        """A rule between fields that this message breaks (PROTOCOL.md §4.4), or None. Checked
+        by both `encode` (-> EncodeError) and the decoder (-> bad-payload)."""
+        return None
+
 
 @dataclass(frozen=True)
 class HelloMsg(Message):
@@ -99,7 +134,15 @@ class HelloMsg(Message):
     agent_name: str
     agent_version: str
     TYPE = MsgType.HELLO
-    LAYOUT = (("min_version", U8), ("max_version", U8), ("agent_name", STR), ("agent_version", STR))
+    LAYOUT = (
+        ("min_version", U8), ("max_version", U8), ("agent_name", TEXT64),
+        ("agent_version", TEXT64),
+    )  # fmt: skip
+
+    def problem(self) -> str | None:
+        if not 1 <= self.min_version <= self.max_version:
+            return f"version range {self.min_version}..{self.max_version}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -118,11 +161,24 @@ class HelloAckMsg(Message):
     bytes_per_pixel: int
     TYPE = MsgType.HELLO_ACK
     LAYOUT = (
-        ("version", U8), ("min_version", U8), ("max_version", U8), ("device_model", STR),
-        ("device_serial", STR), ("ring_name", STR), ("ring_generation", U64),
+        ("version", U8), ("min_version", U8), ("max_version", U8), ("device_model", TEXT64),
+        ("device_serial", TEXT64), ("ring_name", RING_NAME), ("ring_generation", U64),
         ("slot_count", U32), ("slot_size", U32), ("max_rows", U16), ("max_columns", U16),
         ("bytes_per_pixel", U8),
     )  # fmt: skip
+
+    def problem(self) -> str | None:
+        if not 1 <= self.min_version <= self.max_version:
+            return f"version range {self.min_version}..{self.max_version}"
+        if self.version == 0:  # refused: the ring fields are not looked at
+            return None
+        if not self.min_version <= self.version <= self.max_version:
+            return f"version {self.version} outside {self.min_version}..{self.max_version}"
+        if not self.ring_name or self.ring_generation == 0 or self.bytes_per_pixel != 2:
+            return "accepted HELLO_ACK needs ring_name, ring_generation != 0, bytes_per_pixel 2"
+        if not 1 <= self.slot_count <= MAX_SLOTS or not (self.max_rows and self.max_columns):
+            return f"slot_count {self.slot_count} / max size {self.max_rows}x{self.max_columns}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -141,14 +197,17 @@ class AckMsg(Message):
     status: AckStatus
     text: str
     TYPE = MsgType.ACK
-    LAYOUT = (("acked_seq", U32), ("acked_type", U8), ("status", Enum8(AckStatus)), ("text", STR))
+    LAYOUT = (
+        ("acked_seq", U32), ("acked_type", Enum8(MsgType)), ("status", Enum8(AckStatus)),
+        ("text", STR),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SetExamTokenMsg(Message):
     token: str  # "": no exam open
     TYPE = MsgType.SET_EXAM_TOKEN
-    LAYOUT = (("token", STR),)
+    LAYOUT = (("token", TOKEN),)
 
 
 @dataclass(frozen=True)
@@ -158,7 +217,7 @@ class SliceReleaseMsg(Message):
     slot: int
     slot_seq: int
     TYPE = MsgType.SLICE_RELEASE
-    LAYOUT = (("series_key", STR), ("index", U32), ("slot", U32), ("slot_seq", U64))
+    LAYOUT = (("series_key", SERIES_KEY), ("index", U32), ("slot", SLOT), ("slot_seq", SLOT_SEQ))
 
 
 @dataclass(frozen=True)
@@ -171,14 +230,27 @@ class ResendRequestMsg(Message):
     TYPE = MsgType.RESEND_REQUEST
     LAYOUT = (
         ("mode", Enum8(ResendMode)), ("first_seq", U32), ("count", U16),
-        ("series_key", STR), ("index", U32),
+        ("series_key", RESEND_KEY), ("index", U32),
     )  # fmt: skip
+
+    def problem(self) -> str | None:
+        frames = (self.first_seq, self.count) if self.mode is ResendMode.FRAMES else (0, 0)
+        key_index = (self.series_key, self.index) if self.mode is ResendMode.SLICE else ("", 0)
+        if (self.first_seq, self.count) != frames or (self.series_key, self.index) != key_index:
+            return f"{self.mode.name}: fields of another mode must be 0 / empty"
+        if self.mode is ResendMode.FRAMES and not 1 <= self.count <= MAX_RESEND_FRAMES:
+            return f"FRAMES count {self.count} outside 1..{MAX_RESEND_FRAMES}"
+        if self.mode is ResendMode.SLICE and not self.series_key:
+            return "SLICE needs a series_key"
+        return None
 
 
 @dataclass(frozen=True)
 class SeriesStartMsg(Message):
     token: str
     series_key: str
+    irradiation_event_uid: str  # the IRRADIATION_EVENT this series was reconstructed from
+    frame_of_reference_id: int  # series with the same id share a Frame of Reference
     series_number: int
     description: str
     protocol_name: str
@@ -209,18 +281,27 @@ class SeriesStartMsg(Message):
     simulated: bool
     TYPE = MsgType.SERIES_START
     LAYOUT = (
-        ("token", STR), ("series_key", STR), ("series_number", U32), ("description", STR),
-        ("protocol_name", STR), ("body_part", STR), ("patient_position", STR),
-        ("image_orientation", Array(F64, 6)), ("rows", U16), ("columns", U16),
-        ("pixel_spacing_mm", Array(F64, 2)), ("slice_thickness_mm", F64), ("kernel", STR),
-        ("kvp", F64), ("tube_current_ma", F64), ("exposure_time_ms", F64),
-        ("exposure_mas", F64), ("revolution_time_s", F64), ("single_collimation_mm", F64),
-        ("total_collimation_mm", F64), ("spiral_pitch_factor", Opt(F64)),
-        ("scan_options", STR), ("data_collection_diameter_mm", F64),
-        ("reconstruction_diameter_mm", F64), ("gantry_tilt_deg", F64),
-        ("table_height_mm", F64), ("rescale_intercept", F64), ("rescale_slope", F64),
-        ("contrast_agent", Opt(STR)), ("simulated", BOOL),
+        ("token", TOKEN), ("series_key", SERIES_KEY), ("irradiation_event_uid", UID_OR_EMPTY),
+        ("frame_of_reference_id", U32), ("series_number", SERIES_NUMBER),
+        ("description", TEXT64), ("protocol_name", TEXT64), ("body_part", CS16),
+        ("patient_position", PATIENT_POSITION), ("image_orientation", Array(F64_COSINE, 6)),
+        ("rows", PIXELS), ("columns", PIXELS), ("pixel_spacing_mm", Array(F64_POS, 2)),
+        ("slice_thickness_mm", F64_POS), ("kernel", SH16), ("kvp", F64_NONNEG),
+        ("tube_current_ma", F64_NONNEG), ("exposure_time_ms", F64_NONNEG),
+        ("exposure_mas", F64_NONNEG), ("revolution_time_s", F64_NONNEG),
+        ("single_collimation_mm", F64_NONNEG), ("total_collimation_mm", F64_NONNEG),
+        ("spiral_pitch_factor", Opt(F64_POS)), ("scan_options", SCAN_OPTIONS),
+        ("data_collection_diameter_mm", F64_NONNEG), ("reconstruction_diameter_mm", F64_POS),
+        ("gantry_tilt_deg", TILT), ("table_height_mm", F64), ("rescale_intercept", F64),
+        ("rescale_slope", F64), ("contrast_agent", Opt(TEXT64)), ("simulated", BOOL),
     )  # fmt: skip
+
+    def problem(self) -> str | None:
+        if (self.spiral_pitch_factor is not None) != (self.scan_options == "HELICAL"):
+            return "spiral_pitch_factor must be present exactly when scan_options is HELICAL"
+        if self.rescale_slope == 0:
+            return "rescale_slope must not be 0"
+        return None
 
 
 @dataclass(frozen=True)
@@ -238,10 +319,15 @@ class SliceReadyMsg(Message):
     acquisition_time: datetime
     TYPE = MsgType.SLICE_READY
     LAYOUT = (
-        ("series_key", STR), ("index", U32), ("slot", U32), ("slot_seq", U64), ("rows", U16),
-        ("columns", U16), ("pixel_length", U32), ("pixel_crc", U32),
+        ("series_key", SERIES_KEY), ("index", U32), ("slot", SLOT), ("slot_seq", SLOT_SEQ),
+        ("rows", PIXELS), ("columns", PIXELS), ("pixel_length", U32), ("pixel_crc", U32),
         ("image_position", VEC3), ("table_position_mm", F64), ("acquisition_time", TIME),
     )  # fmt: skip
+
+    def problem(self) -> str | None:
+        if self.pixel_length != self.rows * self.columns * 2:
+            return f"pixel_length {self.pixel_length} != {self.rows} x {self.columns} x 2"
+        return None
 
 
 @dataclass(frozen=True)
@@ -249,7 +335,7 @@ class SeriesEndMsg(Message):
     series_key: str
     slices: int
     TYPE = MsgType.SERIES_END
-    LAYOUT = (("series_key", STR), ("slices", U32))
+    LAYOUT = (("series_key", SERIES_KEY), ("slices", U32))
 
 
 @dataclass(frozen=True)
@@ -260,19 +346,21 @@ class SliceLostMsg(Message):
     text: str
     TYPE = MsgType.SLICE_LOST
     LAYOUT = (
-        ("series_key", STR), ("index", U32), ("reason", Enum8(LostReason)), ("text", STR),
+        ("series_key", SERIES_KEY), ("index", U32),
+        ("reason", Enum8(LostReason, exclude=frozenset({LostReason.TORN}))), ("text", STR),
     )  # fmt: skip
 
 
 XRAY_SOURCE_LAYOUT: Layout = (
-    ("source_id", STR), ("kvp", F64), ("max_tube_current_ma", F64),
-    ("mean_tube_current_ma", F64), ("rotation_time_s", F64),
+    ("source_id", SH16), ("kvp", F64_NONNEG), ("max_tube_current_ma", F64_NONNEG),
+    ("mean_tube_current_ma", F64_NONNEG), ("rotation_time_s", F64_NONNEG),
 )  # fmt: skip
 
 
 DOSE_ALERT_LAYOUT: Layout = (
     ("kind", Enum8(AlertKind)), ("quantity", Enum8(AlertQuantity)),
-    ("configured_value", F64), ("value", F64), ("reason", STR), ("person", STR),
+    ("configured_value", F64_NONNEG), ("value", F64_NONNEG), ("reason", STR),
+    ("person", TEXT64),
 )  # fmt: skip
 
 MAX_TUBES = 4
@@ -301,14 +389,22 @@ class IrradiationEventMsg(Message):
     alerts: tuple[DoseAlert, ...]  # 0..4
     TYPE = MsgType.IRRADIATION_EVENT
     LAYOUT = (
-        ("token", STR), ("event_uid", STR), ("start_time", TIME), ("end_time", TIME),
-        ("acquisition_type", Enum8(AcquisitionType)), ("target_region", STR),
-        ("exposure_time_s", F64), ("scanning_length_mm", F64),
-        ("single_collimation_mm", F64), ("total_collimation_mm", F64),
-        ("pitch_factor", Opt(F64)), ("sources", Records(XRaySource, XRAY_SOURCE_LAYOUT, MAX_TUBES)),
-        ("mean_ctdivol_mgy", F64), ("ctdi_phantom", Enum8(Phantom)), ("dlp_mgycm", F64),
-        ("alerts", Records(DoseAlert, DOSE_ALERT_LAYOUT, MAX_ALERTS)),
+        ("token", TOKEN), ("event_uid", UID), ("start_time", TIME), ("end_time", TIME),
+        ("acquisition_type", Enum8(AcquisitionType)), ("target_region", CS16),
+        ("exposure_time_s", F64_NONNEG), ("scanning_length_mm", F64_NONNEG),
+        ("single_collimation_mm", F64_NONNEG), ("total_collimation_mm", F64_NONNEG),
+        ("pitch_factor", Opt(F64_POS)),
+        ("sources", Records(XRaySource, XRAY_SOURCE_LAYOUT, MAX_TUBES, min_count=1)),
+        ("mean_ctdivol_mgy", F64_NONNEG), ("ctdi_phantom", Enum8(Phantom)),
+        ("dlp_mgycm", F64_NONNEG), ("alerts", Records(DoseAlert, DOSE_ALERT_LAYOUT, MAX_ALERTS)),
     )  # fmt: skip
+
+    def problem(self) -> str | None:
+        if self.end_time < self.start_time:
+            return "end_time before start_time"
+        if (self.pitch_factor is not None) != (self.acquisition_type is AcquisitionType.SPIRAL):
+            return "pitch_factor must be present exactly when acquisition_type is SPIRAL"
+        return None
 
 
 @dataclass(frozen=True)
@@ -317,7 +413,17 @@ class HwErrorMsg(Message):
     message: str
     series_key: str | None
     TYPE = MsgType.HW_ERROR
-    LAYOUT = (("code", STR), ("message", STR), ("series_key", Opt(STR)))
+    LAYOUT = (("code", HW_CODE), ("message", STR), ("series_key", Opt(SERIES_KEY)))
+
+
+@dataclass(frozen=True)
+class ReplayDoneMsg(Message):
+    """The end of a state replay (after HELLO_ACK, or for RESEND_REQUEST ALL)."""
+
+    held_slots: int  # slots HELD when the replay ended (each was re-announced in it)
+    unacked_records: int  # SERIES_END, IRRADIATION_EVENT and HW_ERROR records not yet ACKed
+    TYPE = MsgType.REPLAY_DONE
+    LAYOUT = (("held_slots", _Int("I", "held_slots", 0, MAX_SLOTS)), ("unacked_records", U32))
 
 
 MESSAGE_TYPES: dict[int, type[Message]] = {
@@ -325,7 +431,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
     for cls in (
         HelloMsg, HelloAckMsg, HeartbeatMsg, AckMsg, SetExamTokenMsg, SliceReleaseMsg,
         ResendRequestMsg, SeriesStartMsg, SliceReadyMsg, SeriesEndMsg, SliceLostMsg,
-        IrradiationEventMsg, HwErrorMsg,
+        IrradiationEventMsg, HwErrorMsg, ReplayDoneMsg,
     )
 }  # fmt: skip
 HOST_TO_DEVICE = frozenset(
@@ -334,7 +440,7 @@ HOST_TO_DEVICE = frozenset(
 DEVICE_TO_HOST = frozenset(
     {
         MsgType.HELLO_ACK, MsgType.SERIES_START, MsgType.SLICE_READY, MsgType.SERIES_END,
-        MsgType.SLICE_LOST, MsgType.IRRADIATION_EVENT, MsgType.HW_ERROR,
+        MsgType.SLICE_LOST, MsgType.IRRADIATION_EVENT, MsgType.HW_ERROR, MsgType.REPLAY_DONE,
     }
 )  # fmt: skip
 BOTH_WAYS = frozenset({MsgType.HEARTBEAT, MsgType.ACK})
@@ -361,8 +467,9 @@ def encode_payload(message: Message) -> bytes:
         raise EncodeError(f"not a protocol message: {message!r}")
     out = bytearray()
     encode_fields(message, message.LAYOUT, out)
-    if isinstance(message, IrradiationEventMsg) and not message.sources:
-        raise EncodeError("IrradiationEventMsg.sources: at least one X-ray source")
+    problem = message.problem()
+    if problem:
+        raise EncodeError(f"{type(message).__name__}: {problem}")
     return bytes(out)
 
 
@@ -373,7 +480,9 @@ def decode_payload(msg_type: int, payload: bytes) -> Message:
     values, pos = decode_fields(payload, 0, cls.LAYOUT)
     if pos != len(payload):
         raise PayloadError(f"{len(payload) - pos} trailing bytes after the last field")
-    if cls is IrradiationEventMsg and not values["sources"]:
-        raise PayloadError("sources: at least one X-ray source")
     factory: Any = cls
-    return factory(**values)
+    message: Message = factory(**values)
+    problem = message.problem()
+    if problem:
+        raise PayloadError(problem)
+    return message
