@@ -359,3 +359,20 @@ def _slice() -> SliceReady:
         acquisition_time=datetime.now(UTC),
         pixels=np.full((512, 512), 1024, np.uint16),
     )
+
+
+def test_a_new_frame_of_reference_only_when_the_patient_moved(
+    assembler: Assembler, uids: UidFactory
+) -> None:
+    from agent.dicom.assembler import frame_of_reference_uid
+
+    exam = make_exam(uids)
+    got = acquire(assembler, exam, series=1, slices=1)
+    start = got.series[0].start
+    assert got.datasets[0].FrameOfReferenceUID == exam.frame_of_reference_uid
+    moved = replace(start, frame_of_reference_id=2)
+    first, again = frame_of_reference_uid(exam, moved), frame_of_reference_uid(exam, moved)
+    assert first == again != exam.frame_of_reference_uid and is_valid_uid(first)
+    assert frame_of_reference_uid(exam, replace(start, frame_of_reference_id=3)) != first
+    other_exam = make_exam(uids)
+    assert frame_of_reference_uid(other_exam, moved) != first

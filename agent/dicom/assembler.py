@@ -7,6 +7,7 @@ which: an exam that spans a daylight-saving change stays consistent.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timezone, tzinfo
@@ -19,6 +20,7 @@ from agent.dicom import modules
 from agent.dicom.uids import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    UUID_ROOT,
     UidFactory,
     is_valid_uid,
 )
@@ -53,6 +55,16 @@ def _aware(t: datetime, what: str) -> datetime:
     if t.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got {t!r}")
     return t
+
+
+def frame_of_reference_uid(exam: Exam, start: SeriesStart) -> str:
+    """One Frame of Reference per exam, and a new one each time the hardware says the patient
+    moved (its frame_of_reference_id changed): derived, so every series of the same position
+    gets the same UID, across restarts, with nothing to store."""
+    if start.frame_of_reference_id == 0:
+        return exam.frame_of_reference_uid
+    name = f"{exam.frame_of_reference_uid}/{start.frame_of_reference_id}"
+    return f"{UUID_ROOT}.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
 
 class Assembler:
@@ -146,7 +158,7 @@ class Assembler:
             started=series.started,
             performed_procedure_step_uid=series.performed_procedure_step_uid,
         )
-        modules.frame_of_reference(ds, exam.frame_of_reference_uid)
+        modules.frame_of_reference(ds, frame_of_reference_uid(exam, start))
         modules.general_equipment(ds, self.equipment)
         modules.general_acquisition(ds, acquired)
         modules.general_image(
