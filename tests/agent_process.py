@@ -77,6 +77,7 @@ class Agent:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
+    verbose: bool = False  # log at INFO (the daemon's default is WARNING)
 
     def start(self, timeout: float = 30) -> None:
         """Start the daemon and return once it told systemd's notify protocol READY=1."""
@@ -88,7 +89,10 @@ class Agent:
             log = open(self.log, "ab")  # noqa: SIM115 - owned by the child
             env = {**os.environ, "NOTIFY_SOCKET": str(address)}
             self.proc = subprocess.Popen(
-                [*AGENT, "run", "-c", str(self.config)], stdout=log, stderr=log, env=env
+                [*AGENT, "run", "-c", str(self.config), *(["-v"] if self.verbose else [])],
+                stdout=log,
+                stderr=log,
+                env=env,
             )
             log.close()
             try:

@@ -259,3 +259,28 @@ def test_send_at_exam_end_shows_as_pending_until_then(tmp_path: Path, stack: Exi
     assert agent.cli("exam", "end").returncode == 0
     assert agent.cli("wait", "--timeout", "60").returncode == 0
     assert len(archived(tmp_path / "archive")) == 4
+
+
+def test_no_patient_identifier_in_the_logs_at_info(tmp_path: Path, stack: ExitStack) -> None:
+    """SPEC §9: the journal of a whole exam, at INFO, holds none of the patient's identifiers."""
+    port = stack.enter_context(storescp(tmp_path / "archive"))
+    agent = Agent(
+        write_config(tmp_path, [Dest("PACS", port)]), tmp_path / "daemon.log", verbose=True
+    )
+    agent.start()
+    stack.callback(agent.stop)
+    identifiers = ["QXZPATIENTID", "ZYXWVU^QUENTIN", "19510203", "ACCQXZ77"]
+    r = agent.cli(
+        "exam", "start", "--patient-id", identifiers[0], "--patient-name", identifiers[1],
+        "--birth-date", identifiers[2], "--accession", identifiers[3], "--operator", "SMITH",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert agent.cli("simulate", "--series", "2", "--slices", "3").returncode == 0
+    assert agent.cli("simulate", "--slices", "2", "--token", "feedfacefeedface").returncode == 0
+    assert agent.cli("exam", "end").returncode == 0
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    agent.stop()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "INFO" in log  # the log really was at INFO
+    for value in (*identifiers, "ZYXWVU", "QUENTIN"):
+        assert value not in log, f"{value} in the daemon's log"
