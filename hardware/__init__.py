@@ -24,9 +24,16 @@ def _directory(options: Mapping[str, Any]) -> Driver:
     return DirectoryDriver(**options)
 
 
+def _serial_shm(options: Mapping[str, Any]) -> Driver:
+    from hardware.serial_shm import SerialShmDriver
+
+    return SerialShmDriver(**options)
+
+
 DRIVERS: dict[str, Callable[[Mapping[str, Any]], Driver]] = {
     "mock": _mock,
     "directory": _directory,
+    "serial-shm": _serial_shm,
 }
 
 

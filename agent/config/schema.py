@@ -95,7 +95,21 @@ DRIVER_KEYS: dict[str, dict[str, Any]] = {
         },
         "poll_interval": {**SECONDS, "default": 1.0},
     },
+    "serial-shm": {
+        "port": {
+            "type": "string",
+            "minLength": 1,
+            "description": "the serial device (e.g. /dev/modality-scanner) or a pyserial URL",
+        },
+        "baudrate": {"type": "integer", "minimum": 9600, "maximum": 12000000, "default": 921600},
+        "ring_name": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$",
+            "description": "the ring under /dev/shm; when set, it must be the one the device names",
+        },
+    },
 }
+REQUIRED_KEYS = {"directory": ["folder"], "serial-shm": ["port"]}
 HARDWARE: dict[str, Any] = {
     "type": "object",
     "properties": {"driver": {"enum": sorted(DRIVER_KEYS)}},
@@ -106,7 +120,7 @@ HARDWARE: dict[str, Any] = {
             "then": {
                 "properties": {"driver": True, **keys},
                 "additionalProperties": False,
-                "required": ["folder"] if name == "directory" else [],
+                "required": REQUIRED_KEYS.get(name, []),
             },
         }
         for name, keys in DRIVER_KEYS.items()

@@ -1,0 +1,357 @@
+"""The serial-shm driver against the simulated device, over a pseudo-terminal pair."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hardware.base import DriverError, Event, HardwareError, SeriesEnd, SeriesStart, SliceReady
+from hardware.dose import IrradiationEvent
+from hardware.protocol import (
+    AcquisitionType,
+    IrradiationEventMsg,
+    MsgType,
+    Phantom,
+    ResendMode,
+    XRaySource,
+)
+from hardware.serial_device import SHM_DIR, SerialDevice
+from hardware.serial_shm import SerialShmDriver
+
+HB = 0.1  # heartbeat interval in the tests: gaps are noticed quickly
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[SerialDevice]:
+    name = f"modality-agent-test-{uuid.uuid4().hex[:12]}"
+    dev = SerialDevice(
+        name, tmp_path / "tty", slot_count=4, max_rows=32, max_columns=48, heartbeat_interval_s=HB
+    )
+    dev.start()
+    try:
+        yield dev
+    finally:
+        dev.close()
+    assert not (SHM_DIR / name).exists()
+
+
+@pytest.fixture
+def driver(device: SerialDevice) -> Iterator[SerialShmDriver]:
+    drv = SerialShmDriver(
+        port=str(device.line_path), ring_name=device.ring_name, heartbeat_interval_s=HB
+    )
+    try:
+        yield drv
+    finally:
+        drv.close()
+
+
+def _no_threads_left() -> None:
+    names = [t.name for t in threading.enumerate() if t.name.startswith("serial-")]
+    assert names == []
+
+
+class Agent:
+    """What the agent does with the events: keep them, release slices, acknowledge ends."""
+
+    def __init__(self, driver: SerialShmDriver, device: SerialDevice) -> None:
+        self.driver, self.device = driver, device
+        self.events: list[Event] = []
+        self.slices: dict[tuple[str, int], SliceReady] = {}
+        self.ends: list[str] = []
+
+    def pump(self, until: Callable[[], bool], *, release: bool = True, limit: float = 10) -> None:
+        deadline = time.monotonic() + limit
+        while not until():
+            assert time.monotonic() < deadline, f"timed out; {len(self.events)} events"
+            event = self.driver.read_event(0.2)
+            if event is None:
+                continue
+            self.events.append(event)
+            if isinstance(event, SliceReady):
+                key = (event.series_key, event.index)
+                assert key not in self.slices, f"duplicate SliceReady {key}"
+                self.slices[key] = event
+                np.testing.assert_array_equal(event.pixels, self.device.written[key])
+                if release:
+                    self.driver.release(event)
+            elif isinstance(event, SeriesEnd):
+                self.ends.append(event.series_key)
+                self.driver.acknowledge(event)
+
+    def release_all(self) -> None:
+        for s in self.slices.values():
+            self.driver.release(s)
+
+
+# -- 1. handshake --------------------------------------------------------------------------
+
+
+def test_handshake_maps_the_ring_and_hands_over_the_token(
+    device: SerialDevice, driver: SerialShmDriver
+) -> None:
+    driver.set_exam_token("EXAM.1")  # before open: remembered
+    driver.open()
+    assert driver.device is not None
+    assert driver.device.ring_generation == device.header.generation
+    assert device.wait_for(lambda: device.token == "EXAM.1")
+    driver.set_exam_token("EXAM.2")
+    assert device.wait_for(lambda: device.token == "EXAM.2")
+    driver.set_exam_token(None)
+    assert device.wait_for(lambda: device.token == "")
+    assert driver.read_event(0.05) is None
+    driver.close()
+    _no_threads_left_but_device(device)
+
+
+def _no_threads_left_but_device(device: SerialDevice) -> None:
+    names = [t.name for t in threading.enumerate() if t.name == "serial-shm"]
+    assert names == []
+
+
+def test_version_mismatch_is_a_driver_error(tmp_path: Path) -> None:
+    name = f"modality-agent-test-{uuid.uuid4().hex[:12]}"
+    with SerialDevice(name, tmp_path / "tty", versions=(2, 3)) as device:
+        driver = SerialShmDriver(port=str(device.line_path))
+        with pytest.raises(DriverError, match=r"version mismatch: agent 1\.\.1, device 2\.\.3"):
+            driver.open()
+        driver.close()
+
+
+def test_ring_header_mismatch_is_a_driver_error(device: SerialDevice) -> None:
+    device.header = dataclasses.replace(device.header, generation=device.header.generation ^ 1)
+    driver = SerialShmDriver(port=str(device.line_path))
+    with pytest.raises(DriverError, match="generation"):
+        driver.open()
+    driver.close()
+
+
+def test_wrong_ring_name_and_missing_port(device: SerialDevice, tmp_path: Path) -> None:
+    driver = SerialShmDriver(port=str(device.line_path), ring_name="other-ring")
+    with pytest.raises(DriverError, match="other-ring"):
+        driver.open()
+    with pytest.raises(DriverError, match="cannot open"):
+        SerialShmDriver(port=str(tmp_path / "nothing")).open()
+
+
+# -- 2. happy path with backpressure ---------------------------------------------------------
+
+
+def test_two_series_through_four_slots(device: SerialDevice, driver: SerialShmDriver) -> None:
+    driver.set_exam_token("EX")
+    driver.open()
+    assert device.wait_for(lambda: device.token == "EX")
+    device.scan(2, 20)
+    agent = Agent(driver, device)
+    # hold the first four slices: the device must wait for a slot
+    agent.pump(lambda: len(agent.slices) == 4, release=False)
+    assert device.wait_for(lambda: device.blocked >= 1 and device.held == 4)
+    assert driver.read_event(0.05) is None  # nothing beyond the ring
+    agent.release_all()
+    agent.pump(lambda: len(agent.ends) == 2)
+    assert device.wait_for(device.idle)
+    starts = [e for e in agent.events if isinstance(e, SeriesStart)]
+    assert [s.token for s in starts] == ["EX", "EX"]
+    assert len(agent.slices) == 40 and device.releases == 40
+    order = [(type(e).__name__, getattr(e, "series_key", "")) for e in agent.events]
+    key1, key2 = starts[0].series_key, starts[1].series_key
+    assert order[0] == ("SeriesStart", key1) and order[21] == ("SeriesEnd", key1)
+    assert order[22] == ("SeriesStart", key2) and order[-1] == ("SeriesEnd", key2)
+    assert sorted(device.acked_ends) == sorted([key1, key2])
+    assert not driver.bad_frames and driver.duplicates == 0
+    driver.close()
+    device.close()
+    _no_threads_left()
+
+
+# -- 3. heartbeats, link loss, reconnect ------------------------------------------------------
+
+
+def test_line_dropped_mid_series_reconnects_without_duplicates(
+    device: SerialDevice, driver: SerialShmDriver
+) -> None:
+    driver.open()
+    device.scan(1, 20)
+    agent = Agent(driver, device)
+    agent.pump(lambda: len(agent.slices) == 4, release=False)
+    # two are released (they may or may not reach the device), two stay unreleased
+    held = list(agent.slices.values())
+    driver.release(held[0])
+    driver.release(held[1])
+    device.drop_line()
+    with pytest.raises(DriverError):
+        agent.pump(lambda: False, limit=5)
+    driver.close()
+    device.attach_line()
+    driver.open()
+    agent.release_all()  # the agent finishes its work after the reconnect
+    agent.pump(lambda: len(agent.ends) == 1)
+    assert sorted(i for _, i in agent.slices) == list(range(20))
+    assert device.wait_for(device.idle)
+    assert device.hellos == 2
+    assert driver.duplicates >= 2  # the replay re-announced what was still held
+    driver.close()
+    device.close()
+    _no_threads_left()
+
+
+def test_silent_device_is_a_dead_link(tmp_path: Path) -> None:
+    name = f"modality-agent-test-{uuid.uuid4().hex[:12]}"
+    with SerialDevice(name, tmp_path / "tty", heartbeat_interval_s=HB) as device:
+        driver = SerialShmDriver(
+            port=str(device.line_path), link_timeout_s=0.5, heartbeat_interval_s=HB
+        )
+        driver.open()
+        assert driver.read_event(0.3) is None  # heartbeats keep it alive
+        device.mute()
+        with pytest.raises(DriverError, match="no valid frame"):
+            for _ in range(50):
+                driver.read_event(0.1)
+        driver.close()
+        device.mute(False)
+        driver.open()
+        device.scan(1, 3)
+        agent = Agent(driver, device)
+        agent.pump(lambda: len(agent.ends) == 1)
+        assert device.wait_for(device.idle)
+        driver.close()
+
+
+# -- 4. bad frames, lost announcements, torn slots --------------------------------------------
+
+
+def test_garbage_and_a_bad_crc_frame_are_recovered(
+    device: SerialDevice, driver: SerialShmDriver
+) -> None:
+    driver.open()
+    device.inject_garbage(b"\x17\x42noise\x00\x01\x02\x03\x00")
+    device.corrupt_next(MsgType.SLICE_READY)
+    device.corrupt_next(MsgType.SERIES_END)
+    device.scan(1, 10)
+    agent = Agent(driver, device)
+    agent.pump(lambda: len(agent.ends) == 1)
+    assert sorted(i for _, i in agent.slices) == list(range(10))
+    assert device.wait_for(device.idle)
+    assert sum(driver.bad_frames.values()) >= 3
+    assert any(r.mode == ResendMode.FRAMES for r in driver.resend_requests)
+
+
+def test_torn_slot_is_never_an_image_and_is_asked_again(
+    device: SerialDevice, driver: SerialShmDriver
+) -> None:
+    driver.open()
+    device.tear_next_slice()
+    device.scan(1, 5)
+    agent = Agent(driver, device)  # compares every image with what the device wrote
+    agent.pump(lambda: len(agent.ends) == 1)
+    assert driver.torn_reads == 1
+    assert any(r.mode == ResendMode.SLICE and r.index == 0 for r in driver.resend_requests)
+    assert sorted(i for _, i in agent.slices) == list(range(5))
+    assert device.wait_for(device.idle)
+
+
+def test_lost_release_is_repaired_by_a_replay(
+    device: SerialDevice, driver: SerialShmDriver
+) -> None:
+    driver.open()
+    device.lose_next_release()
+    device.scan(1, 6)
+    agent = Agent(driver, device)
+    agent.pump(lambda: len(agent.ends) == 1)
+    # the device still holds one slot: its heartbeats say so, the host asks for ALL
+    assert device.wait_for(device.idle)
+    assert any(r.mode == ResendMode.ALL for r in driver.resend_requests)
+    assert device.releases == 6 and len(agent.slices) == 6
+
+
+def test_device_restart_closes_the_old_series_with_gaps(tmp_path: Path) -> None:
+    name = f"modality-agent-test-{uuid.uuid4().hex[:12]}"
+    line = tmp_path / "tty"
+    old = SerialDevice(name, line, slot_count=4, heartbeat_interval_s=HB)
+    old.start()
+    # a long reorder window: the lost announcement of slice 0 is not asked for in time
+    driver = SerialShmDriver(port=str(line), heartbeat_interval_s=HB, reorder_window_s=60)
+    try:
+        driver.open()
+        old.corrupt_next(MsgType.SLICE_READY)
+        old.scan(1, 10)
+        agent = Agent(driver, old)
+        agent.pump(lambda: len(agent.slices) == 3, release=False)
+        assert old.wait_for(lambda: old.held == 4)
+        written = dict(old.written)
+        old.close()  # the device process dies; its ring is unlinked
+        with pytest.raises(DriverError):
+            agent.pump(lambda: False, limit=5)
+        driver.close()
+        with SerialDevice(name, line, slot_count=4, heartbeat_interval_s=HB) as new:
+            assert new.header.generation != old.header.generation
+            driver.open()
+            agent.device = new
+            new.written.update(written)
+            agent.pump(lambda: len(agent.ends) == 1)
+            gaps = [
+                e for e in agent.events if isinstance(e, HardwareError) and e.code == "SLICE_LOST"
+            ]
+            assert [g.message.split()[3] for g in gaps] == ["0"]
+            assert "DEVICE_RESTART" in gaps[0].message
+            assert agent.events[-1] == SeriesEnd(agent.ends[0], 4)
+            agent.release_all()  # slices of the old ring: no SLICE_RELEASE for the new one
+            new.scan(1, 3)
+            agent.pump(lambda: len(agent.ends) == 2)
+            assert new.wait_for(new.idle)
+            assert new.release_frames == 3
+    finally:
+        driver.close()
+        old.close()
+    _no_threads_left()
+
+
+IRRADIATION = IrradiationEventMsg(
+    token="EXAM-1",
+    event_uid="1.2.826.0.1.3680043.10.1234.1",
+    start_time=datetime(2024, 6, 11, 9, 30, tzinfo=UTC),
+    end_time=datetime(2024, 6, 11, 9, 30, 6, tzinfo=UTC),
+    acquisition_type=AcquisitionType.SPIRAL,
+    target_region="CHEST",
+    exposure_time_s=5.5,
+    scanning_length_mm=320.0,
+    single_collimation_mm=0.625,
+    total_collimation_mm=40.0,
+    pitch_factor=0.984,
+    sources=(XRaySource("A", 120.0, 260.0, 200.0, 0.5),),
+    mean_ctdivol_mgy=8.1,
+    ctdi_phantom=Phantom.BODY_32,
+    dlp_mgycm=290.0,
+    alerts=(),
+)
+
+
+def test_irradiation_event_is_acked_only_when_durable_and_once_across_reconnects(
+    device: SerialDevice, driver: SerialShmDriver
+) -> None:
+    driver.open()
+    device.irradiation(IRRADIATION)
+    event = driver.read_event(5)
+    assert isinstance(event, IrradiationEvent) and event.event_uid == IRRADIATION.event_uid
+    # not durable yet: a reconnect replays it, and the host delivers it only once
+    device.drop_line()
+    with pytest.raises(DriverError):
+        while True:
+            assert driver.read_event(5) is None
+    driver.close()
+    device.attach_line()
+    driver.open()
+    assert device.wait_for(lambda: driver.duplicates == 1)
+    assert device.unacked_records == 1
+    driver.acknowledge(event)
+    assert device.wait_for(lambda: device.unacked_records == 0)
+    assert device.acked_records == [IRRADIATION.event_uid]
+    assert driver.read_event(0.05) is None
