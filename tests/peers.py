@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pydicom
 import pytest
 
 # DCMTK's names for the syntaxes in storescp's profile files (/etc/dcmtk/storescp.cfg).
@@ -118,3 +119,10 @@ def storescp(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def archived(directory: Path) -> list[pydicom.Dataset]:
+    """What a storescp wrote under `directory`, headers only."""
+    return [
+        pydicom.dcmread(f, stop_before_pixels=True) for f in directory.rglob("*") if f.is_file()
+    ]

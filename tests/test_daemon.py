@@ -5,29 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from agent.control.client import ControlClient
 from agent.control.protocol import OpError
 from tests.agent_process import Agent, Dest, write_config
-from tests.peers import VALIDATE_DICOM, free_port, require, storescp
-
-
-def archived(directory: Path) -> list[pydicom.Dataset]:
-    return [
-        pydicom.dcmread(f, stop_before_pixels=True) for f in directory.rglob("*") if f.is_file()
-    ]
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
+from tests.peers import VALIDATE_DICOM, archived, free_port, require, storescp
 
 
 def start_agent(work: Path, dests: list[Dest], stack: ExitStack) -> Agent:

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from agent.control.client import ControlClient
 from hardware.directory import END_FILE
 from hardware.simulator import DropFolderReconstructor, Plan
 from tests.agent_process import Agent, Dest, write_config
-from tests.peers import VALIDATE_DICOM, require, storescp
+from tests.peers import VALIDATE_DICOM, archived, require, storescp
 
 DRIVERS = ["mock", "directory"]
 
@@ -33,18 +31,6 @@ def driver_config(work: Path, driver: str, port: int) -> Path:
     hardware = f'driver = "directory"\nfolder = "{drop}"\n'
     cfg.write_text(text.replace('driver = "mock"\n', hardware, 1))
     return cfg
-
-
-def archived(directory: Path) -> list[pydicom.Dataset]:
-    return [
-        pydicom.dcmread(f, stop_before_pixels=True) for f in directory.rglob("*") if f.is_file()
-    ]
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
 
 
 def start(tmp_path: Path, driver: str, stack: ExitStack) -> Agent:
