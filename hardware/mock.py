@@ -60,9 +60,18 @@ RECONS = (
 )
 
 
-def _series_start(
-    token: str, key: str, number: int, recon: _Recon, contrast_agent: str | None
+def simulated_series_start(
+    token: str,
+    key: str,
+    number: int,
+    recon: _Recon = RECONS[0],
+    contrast_agent: str | None = None,
+    *,
+    rows: int = ROWS,
+    columns: int = COLUMNS,
 ) -> SeriesStart:
+    """A realistic helical chest series start, marked simulated: for the mock and for every
+    simulated far side, so that all of them describe the same acquisition."""
     return SeriesStart(
         token=token,
         series_key=key,
@@ -72,8 +81,8 @@ def _series_start(
         body_part="CHEST",
         patient_position="HFS",
         image_orientation=ORIENTATION_HFS,
-        rows=ROWS,
-        columns=COLUMNS,
+        rows=rows,
+        columns=columns,
         pixel_spacing_mm=PIXEL_SPACING_MM,
         slice_thickness_mm=recon.thickness_mm,
         kernel=recon.kernel,
@@ -87,7 +96,7 @@ def _series_start(
         spiral_pitch_factor=PITCH,
         scan_options="HELICAL",
         data_collection_diameter_mm=500.0,
-        reconstruction_diameter_mm=COLUMNS * PIXEL_SPACING_MM[1],
+        reconstruction_diameter_mm=columns * PIXEL_SPACING_MM[1],
         contrast_agent=contrast_agent,
         simulated=True,
     )
@@ -237,7 +246,7 @@ class MockDriver(Driver):
         emitted = 0
         for i, recon in enumerate(recons):
             key = f"MOCK-{self._instance}-{next(self._series_keys)}"
-            start = _series_start(token, key, first + i, recon, self._contrast_agent)
+            start = simulated_series_start(token, key, first + i, recon, self._contrast_agent)
             phantom = shared_phantom(
                 start.rows, start.columns, start.pixel_spacing_mm, self._noise_hu
             )

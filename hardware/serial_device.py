@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from hardware.base import SeriesStart
+from hardware.mock import PIXEL_SPACING_MM, simulated_series_start
 from hardware.phantom import shared_phantom
 from hardware.protocol import (
     FLAG_RETRANSMIT,
@@ -79,8 +79,6 @@ from hardware.ring import (
 )
 
 SHM_DIR = Path("/dev/shm")
-PIXEL_SPACING_MM = (0.7, 0.7)
-ORIENTATION_HFS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 @dataclass
@@ -329,7 +327,9 @@ class SerialDevice:
             acquired = datetime.now(UTC) - timedelta(seconds=5)
             for s in range(series):
                 key = f"SIM-{self._instance}-{next(self._keys)}"
-                start = self._series_start(token, key, s + 1, rows, cols)
+                # the 5 mm standard reconstruction: its slices are 5 mm apart below
+                event = simulated_series_start(token, key, s + 1, rows=rows, columns=cols)
+                start = series_start_message(event)
                 with self._cond:
                     self._series[key] = _Series(start)
                     self._send(start)
@@ -346,38 +346,6 @@ class SerialDevice:
             with self._cond:
                 self._scanning -= 1
                 self._cond.notify_all()
-
-    def _series_start(
-        self, token: str, key: str, number: int, rows: int, cols: int
-    ) -> SeriesStartMsg:
-        event = SeriesStart(
-            token=token,
-            series_key=key,
-            series_number=number,
-            description="SIM CHEST",
-            protocol_name="CHEST ROUTINE",
-            body_part="CHEST",
-            patient_position="HFS",
-            image_orientation=ORIENTATION_HFS,
-            rows=rows,
-            columns=cols,
-            pixel_spacing_mm=PIXEL_SPACING_MM,
-            slice_thickness_mm=5.0,
-            kernel="STANDARD",
-            kvp=120.0,
-            tube_current_ma=200.0,
-            exposure_time_ms=500.0,
-            exposure_mas=100.0,
-            revolution_time_s=0.5,
-            single_collimation_mm=0.625,
-            total_collimation_mm=40.0,
-            spiral_pitch_factor=0.984,
-            scan_options="HELICAL",
-            data_collection_diameter_mm=500.0,
-            reconstruction_diameter_mm=cols * PIXEL_SPACING_MM[1],
-            simulated=True,
-        )
-        return series_start_message(event)
 
     def _write_slice(
         self,

@@ -34,7 +34,7 @@ from hardware.event_codec import (
     start_from_json,
     start_to_json,
 )
-from hardware.mock import RECONS, _series_start
+from hardware.mock import RECONS, simulated_series_start
 from tests.factory import EQUIPMENT, UIDS, exam
 
 SIZE = 16
@@ -66,7 +66,7 @@ class Scripted(Driver):
 
 
 def start(key: str, token: str, **changes: Any) -> SeriesStart:
-    s = _series_start(token, key, 1, RECONS[0], None)
+    s = simulated_series_start(token, key, 1, RECONS[0], None)
     return replace(s, rows=SIZE, columns=SIZE, **changes)
 
 
