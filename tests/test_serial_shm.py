@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,12 @@ import pytest
 from hardware.base import DriverError, Event, HardwareError, SeriesEnd, SeriesStart, SliceReady
 from hardware.dose import IrradiationEvent
 from hardware.protocol import (
-    AcquisitionType,
-    IrradiationEventMsg,
     MsgType,
-    Phantom,
     ResendMode,
-    XRaySource,
 )
 from hardware.serial_device import SHM_DIR, SerialDevice
 from hardware.serial_shm import SerialShmDriver
+from tests.test_protocol import IRRADIATION  # one sample record for codec and driver
 
 HB = 0.1  # heartbeat interval in the tests: gaps are noticed quickly
 
@@ -312,26 +308,6 @@ def test_device_restart_closes_the_old_series_with_gaps(tmp_path: Path) -> None:
         driver.close()
         old.close()
     _no_threads_left()
-
-
-IRRADIATION = IrradiationEventMsg(
-    token="EXAM-1",
-    event_uid="1.2.826.0.1.3680043.10.1234.1",
-    start_time=datetime(2024, 6, 11, 9, 30, tzinfo=UTC),
-    end_time=datetime(2024, 6, 11, 9, 30, 6, tzinfo=UTC),
-    acquisition_type=AcquisitionType.SPIRAL,
-    target_region="CHEST",
-    exposure_time_s=5.5,
-    scanning_length_mm=320.0,
-    single_collimation_mm=0.625,
-    total_collimation_mm=40.0,
-    pitch_factor=0.984,
-    sources=(XRaySource("A", 120.0, 260.0, 200.0, 0.5),),
-    mean_ctdivol_mgy=8.1,
-    ctdi_phantom=Phantom.BODY_32,
-    dlp_mgycm=290.0,
-    alerts=(),
-)
 
 
 def test_irradiation_event_is_acked_only_when_durable_and_once_across_reconnects(
