@@ -164,7 +164,9 @@ class Acquisition:
             elif isinstance(event, HardwareError):
                 self.counts.hardware_errors.append(f"{event.code}: {event.message}")
                 log.error("hardware error %s: %s", event.code, event.message)
-                self.alarms.raise_("hardware_error", f"{event.code}: {event.message}")
+                # one alarm per code: a burst of follow-on errors never hides the first cause
+                message = f"{event.code}: {event.message}"
+                self.alarms.raise_("hardware_error", message, subject=event.code)
             elif isinstance(event, IrradiationEvent):
                 # kept for the CT Radiation Dose SR, which does not exist yet (issue 11)
                 self.counts.irradiation_events += 1

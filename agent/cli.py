@@ -86,10 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="exam token (default: the open exam's)")
     p.add_argument(
         "--fault",
-        help="comma-separated faults to inject (directory driver): "
-        "partial, garbage, duplicate, reorder, lose, hw-error",
+        help="comma-separated faults to inject: directory: partial, garbage, duplicate, "
+        "reorder, lose, hw-error; serial-shm: crc, garbage, drop, lose, duplicate, reorder, "
+        "torn, disconnect, hw-error",
     )
     p.add_argument("--timeout", type=float, default=600)
+
+    p = sub.add_parser(
+        "simulator", help="run the simulated serial-shm reconstructor (for simulate) until stopped"
+    )
+    _config(p)
+    p.add_argument("--slots", type=int, default=16, help="ring slots of 512x512 (default 16)")
 
     p = sub.add_parser("queue", help="delivery state per study and destination")
     _config(p)

@@ -119,7 +119,10 @@ def simulate(args: argparse.Namespace) -> int:
 
         return simulate_far_side(cfg, args)
     if args.fault:
-        print("simulate: --fault is for drivers with a far side (directory)", file=sys.stderr)
+        print(
+            "simulate: --fault is for drivers with a far side (directory, serial-shm)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     payload = {"series": args.series, "slices": args.slices, "timeout": args.timeout}
     if args.rate:
@@ -127,6 +130,45 @@ def simulate(args: argparse.Namespace) -> int:
     if args.token:
         payload["token"] = args.token
     return _call(args, "simulate", payload, timeout=args.timeout + 30)
+
+
+def simulator(args: argparse.Namespace) -> int:
+    from hardware.serial_simulator import DEFAULT_RING_NAME, SimulatorError, SimulatorServer
+
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    if cfg.hardware.driver != "serial-shm":
+        print(
+            f"simulator: is the serial-shm device; this config's driver is "
+            f"{cfg.hardware.driver} (`simulate` plays its far side by itself)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not 1 <= args.slots <= 65535:
+        print(f"simulator: --slots expected 1 to 65535, got {args.slots}", file=sys.stderr)
+        return EXIT_USAGE
+    options = cfg.hardware.options
+    try:
+        server = SimulatorServer(
+            str(options["port"]), options.get("ring_name") or DEFAULT_RING_NAME, slots=args.slots
+        )
+        server.start()
+    except (SimulatorError, OSError) as e:
+        print(f"simulator: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(
+        f"simulator ready: line {server.line}, ring {server.device.ring_path}, "
+        f"orders at {server.orders}",
+        flush=True,
+    )
+    stop.wait()
+    server.stop()
+    return EXIT_OK
 
 
 def queue(args: argparse.Namespace) -> int:

@@ -1,10 +1,11 @@
-"""`simulate` for drivers whose far side is outside the daemon (the drop folder): this process
-plays the reconstructor, then waits over the control socket until the daemon has accepted (or
-held) every slice it wrote (SPEC §8).
+"""`simulate` for drivers whose far side is outside the daemon: this process plays the
+reconstructor (writes the drop folder, or orders a scan from the running serial-shm
+simulator), then waits over the control socket until the daemon has accepted (or held) every
+slice played (SPEC §8).
 
 Waiting is driven by the daemon's `slice` events; each one is checked against the `status`
-counts (events are only a wake-up: a slow reader may miss some). On timeout, the slices still
-in the drop folder, not yet released by the agent, are named.
+counts (events are only a wake-up: a slow reader may miss some). On timeout, the slices the
+agent has not released (still in the drop folder, or held in the ring) are named.
 """
 
 from __future__ import annotations
@@ -25,25 +26,34 @@ from agent.control.protocol import OpError
 from agent.events import Event
 from agent.open_series import ranges
 from hardware.directory import slice_names
+from hardware.serial_simulator import SerialReconstructor, SimulatorError
 from hardware.simulator import DropFolderReconstructor, Plan, Played, Reconstructor, parse_faults
 
 
-def reconstructor_for(cfg: Config) -> Reconstructor | None:
-    """The far side of the configured interface, or None where there is none yet."""
+def reconstructor_for(cfg: Config, timeout: float | None = None) -> Reconstructor | None:
+    """The far side of the configured interface, or None where there is none."""
     if cfg.hardware.driver == "directory":
         return DropFolderReconstructor(Path(cfg.hardware.options["folder"]))
+    if cfg.hardware.driver == "serial-shm":
+        return SerialReconstructor(str(cfg.hardware.options["port"]), timeout)
     return None
 
 
 def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
-    reconstructor = reconstructor_for(cfg)
+    reconstructor = reconstructor_for(cfg, args.timeout)
     if reconstructor is None:
-        print(f"simulate: no far side for the {cfg.hardware.driver} driver yet", file=sys.stderr)
+        print(f"simulate: no far side for the {cfg.hardware.driver} driver", file=sys.stderr)
         return EXIT_USAGE
     try:
         faults = parse_faults(args.fault)
         if args.timeout is None or not args.timeout > 0:
             raise ValueError("--timeout: expected seconds above 0")
+        unavailable = faults - reconstructor.faults
+        if unavailable:
+            raise ValueError(
+                f"--fault {','.join(sorted(unavailable))}: not available for the "
+                f"{cfg.hardware.driver} driver; it has {', '.join(sorted(reconstructor.faults))}"
+            )
     except ValueError as e:
         print(f"simulate: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -64,8 +74,11 @@ def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
                 stream = iter(events.events(["slice"]))  # subscribed before the first file
                 try:
                     played = reconstructor.play(plan)
-                except OSError as e:
-                    print(f"simulate: cannot write: {e}", file=sys.stderr)
+                except TimeoutError as e:
+                    print(f"simulate: {e}", file=sys.stderr)
+                    return EXIT_TIMEOUT
+                except (OSError, SimulatorError) as e:
+                    print(f"simulate: cannot play: {e}", file=sys.stderr)
                     return EXIT_FAILED
                 got = _wait(client, events, stream, before, played.expected, args.timeout)
     except DaemonUnreachable as e:
@@ -78,7 +91,7 @@ def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
     if got < played.expected:
         print(
             f"simulate: {got} of {played.expected} slices accepted after {args.timeout:g} s; "
-            f"not accepted: {_missing(cfg, played)}",
+            f"not accepted: {_missing(cfg, reconstructor, played)}",
             file=sys.stderr,
         )
         return EXIT_TIMEOUT
@@ -129,12 +142,27 @@ def _wait(
         timer.cancel()
 
 
-def _missing(cfg: Config, played: Played) -> str:
-    """The slices still in the drop folder (not released by the agent), by series."""
-    folder = Path(cfg.hardware.options["folder"])
+def _missing(cfg: Config, reconstructor: Reconstructor, played: Played) -> str:
+    """The slices the agent has not released (still in the drop folder, or in held slots of
+    the simulator's ring), by series."""
+    if isinstance(reconstructor, SerialReconstructor):
+        try:
+            held = set(reconstructor.held())
+        except (OSError, SimulatorError) as e:
+            return f"unknown (the simulator does not answer: {e})"
+        where = "held in the ring"
+    else:
+        folder = Path(cfg.hardware.options["folder"])
+        held = {
+            (s.series_key, i)
+            for s in played.series
+            for i in s.written
+            if (folder / s.series_key / slice_names(i)[0]).exists()
+        }
+        where = "left in the drop folder"
     parts = []
     for s in played.series:
-        left = [i for i in s.written if (folder / s.series_key / slice_names(i)[0]).exists()]
+        left = [i for i in s.written if (s.series_key, i) in held]
         if left:
             parts.append(f"series {s.series_key} indices {ranges(left)}")
-    return "; ".join(parts) or "none left in the drop folder (the agent may still be filing)"
+    return "; ".join(parts) or f"none {where} (the agent may still be filing)"

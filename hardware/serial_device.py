@@ -1,11 +1,11 @@
 """The reconstructor's side of the serial-shm protocol (PROTOCOL.md): a device in a thread.
 
-Used by the tests now and by `modality-agent simulate` later. It creates the ring as a plain
-file under /dev/shm (`os.open` + `ftruncate` + `mmap`, never `multiprocessing.shared_memory`),
-writes slots with `hardware.ring.write_slot`, and speaks the protocol on its end of a serial
-line: here the master side of a pseudo-terminal pair whose slave path is published as a
-symlink (`line_path`), so that a host reopening the path after `drop_line()` + `attach_line()`
-finds the new line, as after a USB re-enumeration.
+Used by the tests, and by `modality-agent simulator` (hardware/serial_simulator.py). It
+creates the ring as a plain file under /dev/shm (`os.open` + `ftruncate` + `mmap`, never
+`multiprocessing.shared_memory`), writes slots with `hardware.ring.write_slot`, and speaks the
+protocol on its end of a serial line: here the master side of a pseudo-terminal pair whose
+slave path is published as a symlink (`line_path`), so that a host reopening the path after
+`drop_line()` + `attach_line()` finds the new line, as after a USB re-enumeration.
 
 Device rules implemented: HELLO / HELLO_ACK (version negotiation, refusal with version 0), the
 state replay after HELLO_ACK (§7.4), heartbeats and the 3 s session timeout (§7.2),
@@ -13,9 +13,12 @@ SET_EXAM_TOKEN (ACKed), SLICE_RELEASE (idempotent, by slot_seq), RESEND_REQUEST 
 ALL (§8.3, with a replay log of `REPLAY_DEPTH` frames), ACK of SERIES_END (the series is
 forgotten), backpressure (a scan waits for a FREE slot, heartbeats say WAITING_FOR_SLOTS).
 
-Faults for tests: `drop_line()` (the line vanishes), `inject_garbage()`, `corrupt_next()`
-(the next frame of a type goes out with a broken CRC, leaving a gap in the frame numbers),
-`tear_next_slice()` (the next slot is corrupted in the ring until the host re-requests it).
+Faults for tests and `modality-agent simulate`: `drop_line()` (the line vanishes),
+`inject_garbage()`, `corrupt_next()` (the next frame of a type goes out with a broken CRC,
+leaving a gap in the frame numbers), `drop_next()` (a frame lost on the line), `reorder_next()`
+(a frame overtaken by the next one), `announce_again()` (a duplicate announcement),
+`tear_next_slice()` (the next slot is corrupted in the ring until the host re-requests it),
+`lose_slice()` and `hardware_error()` (what the reconstructor itself reports).
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from hardware.base import SeriesStart, SliceReady
 from hardware.mock import PIXEL_SPACING_MM, simulated_series_start
 from hardware.phantom import shared_phantom
 from hardware.protocol import (
     FLAG_RETRANSMIT,
     HEARTBEAT_INTERVAL_S,
     LINK_TIMEOUT_S,
+    MAX_UNACKED_HW_ERRORS,
     PROTOCOL_VERSION,
     REPLAY_DEPTH,
     AckMsg,
@@ -53,6 +58,7 @@ from hardware.protocol import (
     HeartbeatMsg,
     HelloAckMsg,
     HelloMsg,
+    HwErrorMsg,
     IrradiationEventMsg,
     LostReason,
     Message,
@@ -107,6 +113,7 @@ class SerialDevice:
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         link_timeout_s: float = LINK_TIMEOUT_S,
         device_serial: str = "SIM0001",
+        keep_written: bool = True,
     ) -> None:
         self.ring_name = ring_name
         self.line_path = Path(line_path)
@@ -139,6 +146,12 @@ class SerialDevice:
         self._waiting = 0  # scans waiting for a FREE slot
         self._scanning = 0
         self._corrupt: collections.Counter[MsgType] = collections.Counter()
+        self._drop: collections.Counter[MsgType] = collections.Counter()
+        self._hold: collections.Counter[MsgType] = collections.Counter()
+        self._held_frame: bytes | None = None  # sent after the next frame (reordered)
+        self._hw_errors: collections.OrderedDict[int, HwErrorMsg] = collections.OrderedDict()
+        self._hw_error_ids = itertools.count(1)
+        self._hw_error_seqs: dict[int, int] = {}  # frame number -> HW_ERROR id, this session
         self._tear_next = False
         self._muted = False
         self._lose_releases = 0
@@ -153,6 +166,7 @@ class SerialDevice:
         self._mm: object = None
         self._buf: memoryview | None = None
         # observations for tests
+        self.keep_written = keep_written  # a copy of every slice's pixels, in `written`
         self.written: dict[tuple[str, int], npt.NDArray[np.uint16]] = {}
         self.releases = 0
         self.release_frames = 0  # SLICE_RELEASE frames received, matching or not
@@ -252,6 +266,17 @@ class SerialDevice:
         with self._cond:
             self._corrupt[msg_type] += count
 
+    def drop_next(self, msg_type: MsgType, count: int = 1) -> None:
+        """The next `count` frames of `msg_type` are lost on the line: their frame numbers
+        are used, their bytes never sent (a frame gap)."""
+        with self._cond:
+            self._drop[msg_type] += count
+
+    def reorder_next(self, msg_type: MsgType, count: int = 1) -> None:
+        """The next `count` frames of `msg_type` each arrive after the frame sent after it."""
+        with self._cond:
+            self._hold[msg_type] += count
+
     def lose_next_release(self, count: int = 1) -> None:
         """The next `count` SLICE_RELEASE frames are lost on the line (ignored)."""
         with self._cond:
@@ -276,6 +301,11 @@ class SerialDevice:
         with self._cond:
             return len(self._slots)
 
+    def held_slices(self) -> list[tuple[str, int]]:
+        """(series key, index) of every HELD slot, in slot order."""
+        with self._cond:
+            return [(key, index) for key, index, _ in (self._slots[s] for s in sorted(self._slots))]
+
     @property
     def token(self) -> str:
         with self._cond:
@@ -293,7 +323,8 @@ class SerialDevice:
 
     def idle(self) -> bool:
         """No scan running, no HELD slot, every series and record ACKed (under `wait_for`)."""
-        return not self._scanning and not self._slots and not self._series and not self._records
+        busy = self._scanning or self._slots or self._series or self._records or self._hw_errors
+        return not busy
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -326,35 +357,45 @@ class SerialDevice:
             phantom = shared_phantom(rows, cols, PIXEL_SPACING_MM)
             acquired = datetime.now(UTC) - timedelta(seconds=5)
             for s in range(series):
-                key = f"SIM-{self._instance}-{next(self._keys)}"
+                key = self.new_series_key()
                 # the 5 mm standard reconstruction: its slices are 5 mm apart below
-                event = simulated_series_start(token, key, s + 1, rows=rows, columns=cols)
-                start = series_start_message(event)
-                with self._cond:
-                    self._series[key] = _Series(start)
-                    self._send(start)
+                self.begin_series(
+                    simulated_series_start(token, key, s + 1, rows=rows, columns=cols)
+                )
                 for index in range(slices):
                     z = -5.0 * index
-                    pixels = phantom.slice(index / max(1, slices - 1), s * 1000 + index)
-                    if not self._write_slice(key, index, pixels, z, acquired):
+                    slice_ = SliceReady(
+                        series_key=key,
+                        index=index,
+                        image_position=(-22.05, -22.05, z),
+                        table_position_mm=-z,
+                        acquisition_time=acquired + timedelta(seconds=index * 0.01),
+                        pixels=phantom.slice(index / max(1, slices - 1), s * 1000 + index),
+                    )
+                    if not self.put_slice(slice_):
                         return
-                with self._cond:
-                    end = SeriesEndMsg(key, slices)
-                    self._series[key].end = end
-                    self._send(end)
+                self.end_series(key, slices)
         finally:
             with self._cond:
                 self._scanning -= 1
                 self._cond.notify_all()
 
-    def _write_slice(
-        self,
-        key: str,
-        index: int,
-        pixels: npt.NDArray[np.uint16],
-        z: float,
-        acquired: datetime,
-    ) -> bool:
+    # -- what a reconstructor does, one step at a time (for scans and scenario players) -------
+
+    def new_series_key(self) -> str:
+        """A series key this device never used before (§4.4)."""
+        return f"SIM-{self._instance}-{next(self._keys)}"
+
+    def begin_series(self, start: SeriesStart) -> None:
+        """Announce a series (its key from `new_series_key`)."""
+        msg = series_start_message(start)
+        with self._cond:
+            self._series[start.series_key] = _Series(msg)
+            self._send(msg)
+
+    def put_slice(self, slice_: SliceReady) -> bool:
+        """Wait for a FREE slot (backpressure), write the pixels, announce the slice; the slot
+        stays HELD until the host releases it. False when the device is closing."""
         with self._cond:
             if not self._free:
                 self.blocked += 1
@@ -366,10 +407,11 @@ class SerialDevice:
                 return False
             slot = self._free.pop(0)
             seq = next(self._slot_seq)
-        payload = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+        payload = np.ascontiguousarray(slice_.pixels, dtype="<u2").tobytes()
         assert self._buf is not None
-        rows, cols = pixels.shape
+        rows, cols = slice_.pixels.shape
         crc = write_slot(self._buf, self.header, slot, seq, rows, cols, payload)
+        key, index = slice_.series_key, slice_.index
         msg = SliceReadyMsg(
             series_key=key,
             index=index,
@@ -379,12 +421,13 @@ class SerialDevice:
             columns=cols,
             pixel_length=len(payload),
             pixel_crc=crc,
-            image_position=(-22.05, -22.05, z),
-            table_position_mm=-z,
-            acquisition_time=acquired + timedelta(seconds=index * 0.01),
+            image_position=slice_.image_position,
+            table_position_mm=slice_.table_position_mm,
+            acquisition_time=slice_.acquisition_time,
         )
         with self._cond:
-            self.written[(key, index)] = np.array(pixels, dtype=np.uint16)
+            if self.keep_written:
+                self.written[(key, index)] = np.array(slice_.pixels, dtype=np.uint16)
             if self._tear_next:
                 self._tear_next = False
                 off = self.header.slot_offset(slot) + SLOT_PAYLOAD_OFFSET
@@ -394,6 +437,37 @@ class SerialDevice:
             self._series[key].held[index] = msg
             self._send(msg)
         return True
+
+    def announce_again(self, key: str, index: int) -> None:
+        """Send a held slice's SLICE_READY once more as a new frame (not a retransmission):
+        a duplicate the host must keep once."""
+        with self._cond:
+            msg = self._series[key].held.get(index)
+            if msg is not None:
+                self._send(msg)
+
+    def lose_slice(self, key: str, index: int, text: str = "reconstruction failed") -> None:
+        """The reconstructor could not produce slice `index`: SLICE_LOST, a gap."""
+        with self._cond:
+            lost = SliceLostMsg(key, index, LostReason.RECON_FAILED, text)
+            self._series[key].lost[index] = lost
+            self._send(lost)
+
+    def hardware_error(self, code: str, message: str, key: str | None = None) -> None:
+        """A hardware fault: HW_ERROR, kept and replayed until ACKed (the last 16, §6)."""
+        with self._cond:
+            msg = HwErrorMsg(code, message, key)
+            self._hw_errors[next(self._hw_error_ids)] = msg
+            while len(self._hw_errors) > MAX_UNACKED_HW_ERRORS:
+                self._hw_errors.popitem(last=False)
+            self._send(msg)
+
+    def end_series(self, key: str, slices: int) -> None:
+        """SERIES_END: the series should have had `slices` slices."""
+        with self._cond:
+            end = SeriesEndMsg(key, slices)
+            self._series[key].end = end
+            self._send(end)
 
     # -- the line ------------------------------------------------------------------------------
 
@@ -424,10 +498,24 @@ class SerialDevice:
             self._log.popitem(last=False)
         if isinstance(msg, IrradiationEventMsg):
             self._record_seqs[seq] = msg.event_uid
+        if isinstance(msg, HwErrorMsg):
+            for ident, record in self._hw_errors.items():
+                if record is msg:
+                    self._hw_error_seqs[seq] = ident
         if isinstance(msg, SeriesEndMsg) and msg.series_key in self._series:
             self._series[msg.series_key].end_seqs.add(seq)
         self._last_tx = time.monotonic()
+        if self._drop[msg.TYPE]:
+            self._drop[msg.TYPE] -= 1
+            return
+        if self._hold[msg.TYPE] and self._held_frame is None:
+            self._hold[msg.TYPE] -= 1
+            self._held_frame = frame
+            return
         self._write(frame)
+        if self._held_frame is not None:
+            self._write(self._held_frame)
+            self._held_frame = None
 
     def _state(self) -> DeviceState:
         if self._waiting:
@@ -494,6 +582,10 @@ class SerialDevice:
             uid = self._record_seqs.get(msg.acked_seq)
             if uid is not None and self._records.pop(uid, None) is not None:
                 self.acked_records.append(uid)
+        elif isinstance(msg, AckMsg) and msg.acked_type == MsgType.HW_ERROR:
+            ident = self._hw_error_seqs.get(msg.acked_seq)
+            if ident is not None:
+                self._hw_errors.pop(ident, None)
         elif isinstance(msg, AckMsg) and msg.acked_type == MsgType.SERIES_END:
             for key, series in list(self._series.items()):
                 if msg.acked_seq in series.end_seqs and not series.held:
@@ -508,6 +600,8 @@ class SerialDevice:
         self._seq = 0
         self._log.clear()
         self._record_seqs.clear()
+        self._hw_error_seqs.clear()
+        self._held_frame = None
         self._last_rx = time.monotonic()
         h = self.header
         if version < max(lo, msg.min_version):
@@ -534,10 +628,13 @@ class SerialDevice:
                 self._send(series.end, FLAG_RETRANSMIT)
         for record in list(self._records.values()):
             self._send(record, FLAG_RETRANSMIT)
+        for error in list(self._hw_errors.values()):
+            self._send(error, FLAG_RETRANSMIT)
         self._send(ReplayDoneMsg(len(self._slots), self._unacked()), FLAG_RETRANSMIT)
 
     def _unacked(self) -> int:
-        return len(self._records) + sum(1 for s in self._series.values() if s.end is not None)
+        ended = sum(1 for s in self._series.values() if s.end is not None)
+        return len(self._records) + len(self._hw_errors) + ended
 
     def _release(self, msg: SliceReleaseMsg) -> None:
         held = self._slots.get(msg.slot)
@@ -561,6 +658,8 @@ class SerialDevice:
             return msg.series_key in self._series
         if isinstance(msg, IrradiationEventMsg):
             return msg.event_uid in self._records
+        if isinstance(msg, HwErrorMsg):
+            return any(record is msg for record in self._hw_errors.values())
         return False
 
     def _resend(self, msg: ResendRequestMsg) -> None:

@@ -4,8 +4,8 @@ A `Reconstructor` plays a `Plan` (series of slices under an exam token, at a rat
 faults) against the far side of an interface, so that the agent's real driver reads it. The
 content is the mock's (`hardware.mock`: a helical chest acquisition over the phantom, marked
 simulated); only the transport differs. `DropFolderReconstructor` writes the drop folder of
-`hardware.directory` (DROPFOLDER.md, which also says what each fault must lead to); a
-serial-shm far side would be another implementation of the same protocol.
+`hardware.directory` (DROPFOLDER.md, which also says what each fault must lead to);
+`hardware.serial_simulator` plays the serial-shm device (PROTOCOL.md appendix A).
 """
 
 from __future__ import annotations
@@ -40,12 +40,18 @@ from hardware.mock import MockDriver
 
 
 class Fault(enum.StrEnum):
-    PARTIAL = "partial"  # a raw file written slowly, in pieces
-    GARBAGE = "garbage"  # a header that is not JSON, and a slice whose CRC is wrong
-    DUPLICATE = "duplicate"  # one slice written twice
-    REORDER = "reorder"  # slices written pairwise out of order
-    LOSE = "lose"  # one index never written
-    HW_ERROR = "hw-error"  # the last series stops half-way with an error file
+    """Faults a far side can inject; what each leads to is in DROPFOLDER.md and PROTOCOL.md."""
+
+    PARTIAL = "partial"  # drop folder: a raw file written slowly, in pieces
+    GARBAGE = "garbage"  # bytes or files that are not the protocol
+    DUPLICATE = "duplicate"  # one slice announced twice
+    REORDER = "reorder"  # slices announced pairwise out of order
+    LOSE = "lose"  # one slice the hardware itself lost
+    HW_ERROR = "hw-error"  # the last series stops half-way with a hardware error
+    CRC = "crc"  # serial line: an announcement with a bad CRC
+    DROP = "drop"  # serial line: an announcement lost on the line
+    TORN = "torn"  # serial-shm: a slot read torn
+    DISCONNECT = "disconnect"  # serial line: the line vanishes mid-series, then comes back
 
 
 def parse_faults(text: str | None) -> frozenset[Fault]:
@@ -95,6 +101,8 @@ class Played:
 class Reconstructor(Protocol):
     """The far side of one hardware interface."""
 
+    faults: frozenset[Fault]  # the faults it can inject
+
     def play(self, plan: Plan) -> Played:
         """Produce `plan` (blocking, paced by its rate); what was written, for the caller to
         wait for."""
@@ -131,6 +139,10 @@ def mock_content(plan: Plan, first_series_number: int = 1) -> Iterator[SeriesSta
 class DropFolderReconstructor:
     """Writes a plan into a drop folder by the rules of DROPFOLDER.md: each file under a
     temporary name, fsynced, renamed into place; a slice's header after its raw file."""
+
+    faults = frozenset(
+        {Fault.PARTIAL, Fault.GARBAGE, Fault.DUPLICATE, Fault.REORDER, Fault.LOSE, Fault.HW_ERROR}
+    )
 
     def __init__(self, folder: Path, *, partial_pause_s: float = 0.05) -> None:
         self.folder = folder

@@ -129,3 +129,37 @@ class Agent:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+@dataclass
+class Simulator:
+    """`modality-agent simulator`: the serial-shm reconstructor of `config`, as a child."""
+
+    config: Path
+    log: Path
+    proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        """Start it and return once it said it is ready (its first line)."""
+        log = open(self.log, "a")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [*AGENT, "simulator", "-c", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        log.close()
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until ready, or "" when it died
+        if not line.startswith("simulator ready"):
+            self.proc.wait(timeout)
+            raise RuntimeError(f"simulator did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        code = self.proc.wait(30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code

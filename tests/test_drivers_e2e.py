@@ -1,11 +1,12 @@
 """The same exam, end to end, on each hardware driver: the real daemon, the real CLI (whose
 `simulate` plays the reconstructor: in the daemon for the mock, in the CLI process for the drop
-folder), a real DCMTK storescp, and the images checked by validate-dicom."""
+folder, by ordering a scan from `modality-agent simulator` for serial-shm), a real DCMTK storescp, and the images checked by validate-dicom."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import pytest
 from agent.control.client import ControlClient
 from hardware.directory import END_FILE
 from hardware.simulator import DropFolderReconstructor, Plan
-from tests.agent_process import Agent, Dest, write_config
+from tests.agent_process import Agent, Dest, Simulator, write_config
 from tests.peers import VALIDATE_DICOM, archived, require, storescp
 
-DRIVERS = ["mock", "directory"]
+DRIVERS = ["mock", "directory", "serial-shm"]
 
 
 def driver_config(work: Path, driver: str, port: int) -> Path:
@@ -25,17 +26,25 @@ def driver_config(work: Path, driver: str, port: int) -> Path:
     cfg = write_config(work, [Dest("PACS", port)])
     if driver == "mock":
         return cfg
-    drop = work / "drop"
-    drop.mkdir()
-    text = cfg.read_text()
-    hardware = f'driver = "directory"\nfolder = "{drop}"\n'
-    cfg.write_text(text.replace('driver = "mock"\n', hardware, 1))
+    if driver == "directory":
+        drop = work / "drop"
+        drop.mkdir()
+        hardware = f'driver = "directory"\nfolder = "{drop}"\n'
+    else:  # a ring name of its own: tests run side by side
+        ring = f"mat-test-{uuid.uuid4().hex[:12]}"
+        hardware = f'driver = "serial-shm"\nport = "{work / "ttyCT"}"\nring_name = "{ring}"\n'
+    cfg.write_text(cfg.read_text().replace('driver = "mock"\n', hardware, 1))
     return cfg
 
 
 def start(tmp_path: Path, driver: str, stack: ExitStack) -> Agent:
     port = stack.enter_context(storescp(tmp_path / "archive"))
-    agent = Agent(driver_config(tmp_path, driver, port), tmp_path / "daemon.log")
+    cfg = driver_config(tmp_path, driver, port)
+    if driver == "serial-shm":  # the device is there before the agent, as on a console
+        simulator = Simulator(cfg, tmp_path / "simulator.log")
+        simulator.start()
+        stack.callback(simulator.stop)
+    agent = Agent(cfg, tmp_path / "daemon.log")
     agent.start()
     stack.callback(agent.stop)
     return agent
@@ -135,3 +144,46 @@ def test_directory_kill_9_between_accept_and_release_keeps_one(
     assert agent.cli("wait", "--timeout", "60").returncode == 0
     images = archived(tmp_path / "archive")
     assert sorted(int(ds.InstanceNumber) for ds in images) == [1, 2, 3, 4]
+
+
+# fault -> instance numbers delivered for 2 series of 6 slices (PROTOCOL.md appendix A)
+SERIAL_FAULTS = {
+    "crc": [1, 2, 3, 4, 5, 6] * 2,
+    "garbage": [1, 2, 3, 4, 5, 6] * 2,
+    "drop": [1, 2, 3, 4, 5, 6] * 2,
+    "reorder": [1, 2, 3, 4, 5, 6] * 2,
+    "torn": [1, 2, 3, 4, 5, 6] * 2,
+    "disconnect": [1, 2, 3, 4, 5, 6] * 2,
+    "duplicate": [1, 2, 3, 4, 5, 6] * 2,
+    "lose": [1, 2, 3, 5, 6] * 2,  # index 3 lost by the hardware in each series
+    "hw-error": [1, 2, 3, 4, 5, 6, 1, 2, 3],  # the last series aborted after 3
+}
+
+
+@pytest.mark.parametrize("fault", SERIAL_FAULTS)
+def test_serial_shm_fault_end_to_end(tmp_path: Path, stack: ExitStack, fault: str) -> None:
+    """Each line fault through the real simulator, driver and daemon: the documented
+    outcome, the daemon still running, every slice the device produced delivered once."""
+    agent = start(tmp_path, "serial-shm", stack)
+    start_exam(agent)
+    r = agent.cli("simulate", "--series", "2", "--slices", "6", "--fault", fault, "--json")
+    assert r.returncode == 0, r.stderr
+    expected = SERIAL_FAULTS[fault]
+    assert f'"written": {len(expected)}' in r.stdout
+    assert agent.cli("exam", "end").returncode == 0
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    images = archived(tmp_path / "archive")
+    assert sorted(int(ds.InstanceNumber) for ds in images) == sorted(expected)
+    assert len({(ds.SeriesInstanceUID, ds.InstanceNumber) for ds in images}) == len(images)
+    assert agent.proc is not None and agent.proc.poll() is None
+    alarms = agent.json("queue")["alarms"]
+    kinds = {a["kind"] for a in alarms}
+    messages = "\n".join(f"{a['kind']}: {a['message']}" for a in alarms)
+    if fault == "lose":
+        assert "series_gap" in kinds and "4" in messages, messages
+    elif fault == "hw-error":
+        assert {"series_gap", "hardware_error"} <= kinds, messages
+        assert "RECON_ABORTED" in messages, messages
+    else:
+        assert "series_gap" not in kinds, messages
+        assert "hardware_disconnected" not in kinds, messages  # raised and cleared, if at all
