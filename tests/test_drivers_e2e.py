@@ -1,12 +1,14 @@
 """The same exam, end to end, on each hardware driver: the real daemon, the real CLI (whose
-`simulate` plays the reconstructor: in the daemon for the mock, in the CLI process for the drop
-folder, by ordering a scan from `modality-agent simulator` for serial-shm), a real DCMTK storescp, and the images checked by validate-dicom."""
+`simulate` plays the reconstructor: in the daemon for the mock, in the CLI process for the
+drop folder, by ordering a scan from `modality-agent simulator` for serial-shm), a real DCMTK
+storescp, and the images checked by validate-dicom."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 from agent.control.client import ControlClient
 from hardware.directory import END_FILE
+from hardware.serial_simulator import SerialReconstructor
 from hardware.simulator import DropFolderReconstructor, Plan
 from tests.agent_process import Agent, Dest, Simulator, write_config
 from tests.peers import VALIDATE_DICOM, archived, require, storescp
@@ -187,3 +190,26 @@ def test_serial_shm_fault_end_to_end(tmp_path: Path, stack: ExitStack, fault: st
     else:
         assert "series_gap" not in kinds, messages
         assert "hardware_disconnected" not in kinds, messages  # raised and cleared, if at all
+
+
+def test_serial_shm_kill_9_mid_series_keeps_every_slice_once(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    """The daemon is killed (-9) while the device is mid-series: the slots it had not yet
+    released are announced again after the restart (state replay), the slices already durable
+    are not filed twice, and the device, held back by its full ring meanwhile, loses nothing."""
+    agent = start(tmp_path, "serial-shm", stack)
+    exam = start_exam(agent)
+    device = SerialReconstructor(str(tmp_path / "ttyCT"), timeout=120)
+    plan = Plan(exam["token"], series=1, slices=40, rate_per_s=20)
+    with ThreadPoolExecutor(1) as pool:
+        played = pool.submit(device.play, plan)
+        wait_accepted(tmp_path / "control.sock", 10)
+        agent.kill()
+        agent.start()
+        assert len(played.result(timeout=120).series[0].written) == 40
+    assert agent.cli("exam", "end").returncode == 0
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    images = archived(tmp_path / "archive")
+    assert sorted(int(ds.InstanceNumber) for ds in images) == list(range(1, 41))
+    assert device.held() == []
