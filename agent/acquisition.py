@@ -26,6 +26,7 @@ from agent.dicom.assembler import Assembler, Series
 from agent.exam import Exam
 from agent.faults import TRANSIENT, describe
 from agent.holding import START_NOT_SEEN, UNKNOWN_TOKEN, HeldSeries, Holding
+from agent.irradiation import IrradiationRecords
 from agent.net.retry import Backoff
 from agent.open_series import OpenSeries, gaps, ranges
 from agent.spool import InstanceRecord, Spool, SpooledInstance
@@ -84,8 +85,9 @@ def _send_everywhere_now(exam: Exam) -> Routing:
 
 class Acquisition:
     """`series_dir` keeps the open series (default: `<spool root>/series`), `holding` what
-    cannot be filed (default: `<spool root>/unassigned`); `retry` paces the retries of an event
-    that could not be made durable."""
+    cannot be filed (default: `<spool root>/unassigned`), `irradiation` the dose records
+    (default: `<spool root>/irradiation`); `retry` paces the retries of an event that could not
+    be made durable."""
 
     def __init__(
         self,
@@ -101,6 +103,7 @@ class Acquisition:
         alarms: Alarms | None = None,
         series_dir: Path | None = None,
         retry: Backoff | None = None,
+        irradiation: IrradiationRecords | None = None,
     ) -> None:
         self.driver = driver
         self.assembler = assembler
@@ -112,6 +115,7 @@ class Acquisition:
         self.notify: Notify = notify or (lambda event, data: None)
         self.alarms = alarms or Alarms(self._notify)
         self.retry = retry or Backoff(0.5, 30.0)
+        self.irradiation = irradiation or IrradiationRecords(spool.root / "irradiation")
         self.counts = AcquisitionCounts()
         self._lock = threading.RLock()  # one event, or one hand-over of a held series, at a time
         self._open = OpenSeries(series_dir or spool.root / "series", spool)
@@ -168,9 +172,10 @@ class Acquisition:
                 message = f"{event.code}: {event.message}"
                 self.alarms.raise_("hardware_error", message, subject=event.code)
             elif isinstance(event, IrradiationEvent):
-                # kept for the CT Radiation Dose SR, which does not exist yet (issue 11)
-                self.counts.irradiation_events += 1
-                log.info("irradiation event %s received", event.event_uid)
+                if self.irradiation.keep(event):  # durable before the hardware may forget it
+                    self.counts.irradiation_events += 1
+                    log.info("irradiation record kept")
+                self.driver.acknowledge(event)
 
     def _stall(self, event: Event, error: Exception) -> None:
         self._pending = event

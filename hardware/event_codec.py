@@ -1,8 +1,10 @@
-"""The one JSON form of hardware events kept on disk (held series, open series): pure, no I/O.
+"""The one JSON form of hardware events kept on disk (held series, open series, irradiation
+records): pure, no I/O.
 
-A `SeriesStart` is a JSON object of its fields. A `SliceReady` is one JSON header line, a
-newline, then its pixels as little-endian unsigned 16-bit values (rows x columns). A slice's
-ring slot is not kept: it means nothing once the slice is durable.
+A `SeriesStart` is a JSON object of its fields; so is an `IrradiationEvent` (times in ISO 8601
+with their offset, enums by value, sources and alerts as lists of objects). A `SliceReady` is
+one JSON header line, a newline, then its pixels as little-endian unsigned 16-bit values
+(rows x columns). A slice's ring slot is not kept: it means nothing once the slice is durable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from typing import Any
 import numpy as np
 
 from hardware.base import SeriesStart, SliceReady
+from hardware.dose import (
+    AcquisitionType,
+    AlertKind,
+    AlertQuantity,
+    DoseAlert,
+    IrradiationEvent,
+    Phantom,
+    XRaySource,
+)
 
 _START_FIELDS = {f.name for f in dataclasses.fields(SeriesStart)}
 _PIXEL_DTYPE = "<u2"
@@ -77,3 +88,43 @@ def slice_from_bytes(data: bytes, series_key: str | None = None) -> SliceReady:
         if isinstance(e, EventCodecError):
             raise
         raise EventCodecError(f"slice: bad header ({type(e).__name__})") from None
+
+
+def irradiation_to_json(event: IrradiationEvent) -> dict[str, Any]:
+    doc = dataclasses.asdict(event)
+    doc["start_time"] = event.start_time.isoformat()
+    doc["end_time"] = event.end_time.isoformat()
+    doc["acquisition_type"] = int(event.acquisition_type)
+    doc["ctdi_phantom"] = int(event.ctdi_phantom)
+    doc["alerts"] = [
+        {**dataclasses.asdict(a), "kind": int(a.kind), "quantity": int(a.quantity)}
+        for a in event.alerts
+    ]
+    doc["sources"] = [dataclasses.asdict(s) for s in event.sources]
+    return doc
+
+
+def irradiation_from_json(doc: dict[str, Any]) -> IrradiationEvent:
+    try:
+        fields = dict(doc)
+        fields["start_time"] = _aware(fields["start_time"])
+        fields["end_time"] = _aware(fields["end_time"])
+        fields["acquisition_type"] = AcquisitionType(fields["acquisition_type"])
+        fields["ctdi_phantom"] = Phantom(fields["ctdi_phantom"])
+        fields["sources"] = tuple(XRaySource(**s) for s in fields["sources"])
+        fields["alerts"] = tuple(
+            DoseAlert(
+                **{**a, "kind": AlertKind(a["kind"]), "quantity": AlertQuantity(a["quantity"])}
+            )
+            for a in fields.get("alerts", ())
+        )
+        return IrradiationEvent(**fields)
+    except (KeyError, TypeError, ValueError) as e:
+        raise EventCodecError(f"irradiation event: {type(e).__name__}: {e}") from None
+
+
+def _aware(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return when

@@ -2,7 +2,8 @@
 
 After `request_scan`, a worker thread produces, for each series, a `SeriesStart` (realistic
 helical chest parameters, `simulated=True`), its `SliceReady` events moving head to feet along
-z, and a `SeriesEnd`. Pixels come from `hardware.phantom` (a chest phantom in HU with noise).
+z, and a `SeriesEnd`; after the last series, the acquisition's `IrradiationEvent` (its dose
+record). Pixels come from `hardware.phantom` (a chest phantom in HU with noise).
 
 Flow control is that of real hardware: the event queue is bounded, so with `rate_per_s=None`
 the mock goes as fast as the agent reads; with a rate it is paced by waiting on a clock (never
@@ -11,6 +12,7 @@ busy-waiting) and can still be slowed down by a slow reader. `close()` stops it 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -30,6 +32,8 @@ from hardware.base import (
     SeriesStart,
     SliceReady,
 )
+from hardware.dose import AcquisitionType, IrradiationEvent, XRaySource
+from hardware.dose import Phantom as CtdiPhantom
 from hardware.phantom import Phantom, shared_phantom
 
 ROWS = COLUMNS = 512
@@ -41,6 +45,7 @@ KVP, TUBE_CURRENT_MA, ROTATION_S, PITCH = 120.0, 200.0, 0.5, 0.984
 SINGLE_COLLIMATION_MM, DETECTOR_ROWS = 0.625, 64
 TOTAL_COLLIMATION_MM = DETECTOR_ROWS * SINGLE_COLLIMATION_MM
 TABLE_SPEED_MM_S = PITCH * TOTAL_COLLIMATION_MM / ROTATION_S
+CTDIW_PER_100_MAS_MGY = 7.0  # body phantom at 120 kV: a typical 64-row scanner's figure
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,31 @@ def simulated_series_start(
         reconstruction_diameter_mm=columns * PIXEL_SPACING_MM[1],
         contrast_agent=contrast_agent,
         simulated=True,
+    )
+
+
+def simulated_irradiation(token: str, start: datetime, length_mm: float) -> IrradiationEvent:
+    """The dose record of one simulated helical acquisition over `length_mm` from `start`:
+    a plausible CTDIvol (body phantom) and DLP, computed from the mock's technique."""
+    seconds = length_mm / TABLE_SPEED_MM_S
+    effective_mas = TUBE_CURRENT_MA * ROTATION_S / PITCH
+    ctdivol = round(CTDIW_PER_100_MAS_MGY * effective_mas / 100, 2)
+    return IrradiationEvent(
+        token=token,
+        event_uid=f"2.25.{uuid.uuid4().int}",
+        start_time=start,
+        end_time=start + timedelta(seconds=seconds),
+        acquisition_type=AcquisitionType.SPIRAL,
+        target_region="CHEST",
+        exposure_time_s=round(seconds, 3),
+        scanning_length_mm=round(length_mm, 1),
+        single_collimation_mm=SINGLE_COLLIMATION_MM,
+        total_collimation_mm=TOTAL_COLLIMATION_MM,
+        pitch_factor=PITCH,
+        sources=(XRaySource("A", KVP, TUBE_CURRENT_MA, TUBE_CURRENT_MA, ROTATION_S),),
+        mean_ctdivol_mgy=ctdivol,
+        ctdi_phantom=CtdiPhantom.BODY_32,
+        dlp_mgycm=round(ctdivol * length_mm / 10, 1),
     )
 
 
@@ -244,9 +274,11 @@ class MockDriver(Driver):
         acquired = self._clock() - timedelta(seconds=2 * (top - centre) / speed + RECON_DELAY_S)
         paced = time.monotonic()
         emitted = 0
+        irradiation = simulated_irradiation(token, acquired, 2 * (top - centre))
         for i, recon in enumerate(recons):
             key = f"MOCK-{self._instance}-{next(self._series_keys)}"
             start = simulated_series_start(token, key, first + i, recon, self._contrast_agent)
+            start = dataclasses.replace(start, irradiation_event_uid=irradiation.event_uid)
             phantom = shared_phantom(
                 start.rows, start.columns, start.pixel_spacing_mm, self._noise_hu
             )
@@ -265,6 +297,7 @@ class MockDriver(Driver):
                     self._produced += 1
             if not self._put(SeriesEnd(series_key=key, slices=n)):
                 return
+        self._put(irradiation)  # the record of the acquisition all these series came from
 
     def _slice(
         self,

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from hardware.base import SeriesStart, SliceReady
+from hardware.dose import IrradiationEvent
 from hardware.mock import COLUMNS, ROWS
-from hardware.protocol import MsgType
+from hardware.protocol import MsgType, irradiation_event_message
 from hardware.serial_device import SerialDevice
 from hardware.simulator import Fault, Plan, Played, PlayedSeries, mock_content
 
@@ -177,11 +178,13 @@ class _Player:
         self.played: list[PlayedSeries] = []
         self.disconnected = False
 
-    def run(self, content: Iterator[SeriesStart | SliceReady]) -> Played:
+    def run(self, content: Iterator[SeriesStart | SliceReady | IrradiationEvent]) -> Played:
         key: str | None = None
         written: list[int] = []
         for event in content:
-            if isinstance(event, SeriesStart):
+            if isinstance(event, IrradiationEvent):  # kept and replayed until ACKed
+                self.device.irradiation(irradiation_event_message(event))
+            elif isinstance(event, SeriesStart):
                 if key is not None:
                     self._end(key, written)
                 key = self.device.new_series_key()

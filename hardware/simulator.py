@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from hardware.base import HardwareError, ScanRequest, SeriesEnd, SeriesStart, SliceReady
+from hardware.base import HardwareError, ScanRequest, SeriesStart, SliceReady
 from hardware.directory import (
     DONE,
     END_FILE,
@@ -36,6 +36,7 @@ from hardware.directory import (
     encode_start,
     slice_names,
 )
+from hardware.dose import IrradiationEvent
 from hardware.mock import MockDriver
 
 
@@ -109,16 +110,18 @@ class Reconstructor(Protocol):
         ...
 
 
-def mock_content(plan: Plan, first_series_number: int = 1) -> Iterator[SeriesStart | SliceReady]:
-    """The mock's events for `plan` (starts and slices; ends are the writer's business),
-    paced by its rate, series numbered from `first_series_number`."""
+def mock_content(
+    plan: Plan, first_series_number: int = 1
+) -> Iterator[SeriesStart | SliceReady | IrradiationEvent]:
+    """The mock's events for `plan` (starts, slices and the acquisition's irradiation record;
+    ends are the writer's business), paced by its rate, series numbered from
+    `first_series_number`."""
     mock = MockDriver(queue_size=4)
     mock.open()
     try:
         mock.request_scan(ScanRequest(plan.token, plan.series, plan.slices, plan.rate_per_s))
-        ended = 0
         number = first_series_number
-        while ended < plan.series:
+        while True:  # the acquisition's irradiation record comes after its last series
             event = mock.read_event(30.0)
             if event is None:
                 raise RuntimeError("the mock produced nothing for 30 s")
@@ -127,11 +130,11 @@ def mock_content(plan: Plan, first_series_number: int = 1) -> Iterator[SeriesSta
                 number += 1
             elif isinstance(event, SliceReady):
                 yield event
-            elif isinstance(event, SeriesEnd):
-                ended += 1
             elif isinstance(event, HardwareError):
                 raise RuntimeError(f"the mock failed: {event.message}")
-            # other events (the irradiation record) have no drop-folder form yet
+            elif isinstance(event, IrradiationEvent):
+                yield event
+                return
     finally:
         mock.close()
 
@@ -178,6 +181,8 @@ class DropFolderReconstructor:
             series_done += 1
 
         for event in mock_content(plan, self._next_series_number(plan.token)):
+            if isinstance(event, IrradiationEvent):
+                continue  # the drop folder has no form for dose records (DROPFOLDER.md)
             if isinstance(event, SeriesStart):
                 if current is not None:
                     finish(current)

@@ -27,6 +27,7 @@ from agent.holding import START_NOT_SEEN, Holding
 from agent.net.retry import Backoff
 from agent.spool import Spool, SpooledInstance
 from hardware.base import Driver, Event, SeriesEnd, SeriesStart, SliceReady
+from hardware.dose import IrradiationEvent
 from hardware.event_codec import (
     EventCodecError,
     slice_from_bytes,
@@ -34,7 +35,7 @@ from hardware.event_codec import (
     start_from_json,
     start_to_json,
 )
-from hardware.mock import RECONS, simulated_series_start
+from hardware.mock import RECONS, simulated_irradiation, simulated_series_start
 from tests.factory import EQUIPMENT, UIDS, exam
 
 SIZE = 16
@@ -46,6 +47,7 @@ class Scripted(Driver):
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
         self.released: list[tuple[str, int]] = []
+        self.acknowledged: list[SeriesEnd | IrradiationEvent] = []
         self.reads = 0
 
     def open(self) -> None:
@@ -60,6 +62,9 @@ class Scripted(Driver):
 
     def release(self, slice_: SliceReady) -> None:
         self.released.append((slice_.series_key, slice_.index))
+
+    def acknowledge(self, event: SeriesEnd | IrradiationEvent) -> None:
+        self.acknowledged.append(event)
 
     def close(self) -> None:
         pass
@@ -372,3 +377,53 @@ def test_the_codec_refuses_what_it_did_not_write() -> None:
         start_from_json({**start_to_json(start("K1", "t")), "extra": 1})
     with pytest.raises(EventCodecError):
         start_from_json({"token": "t"})
+
+
+# -- irradiation records (SPEC §3: the dose SR is built only from what the hardware reported) --
+
+
+def test_irradiation_record_is_durable_before_it_is_acknowledged(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = simulated_irradiation("T1", datetime.now(UTC), 300.0)
+    kept = rig.acquisition.irradiation.keep
+
+    def keep(e: IrradiationEvent) -> bool:
+        assert e not in rig.driver.acknowledged  # not yet acknowledged while it is written
+        return kept(e)
+
+    monkeypatch.setattr(rig.acquisition.irradiation, "keep", keep)
+    rig.run(event)
+    assert rig.driver.acknowledged == [event]
+    assert rig.acquisition.irradiation.for_token("T1") == [event]  # read back from disk, equal
+    assert rig.restart().acquisition.irradiation.for_token("T1") == [event]
+
+
+def test_replayed_irradiation_record_is_kept_once_and_acknowledged_again(rig: Rig) -> None:
+    event = simulated_irradiation("T1", datetime.now(UTC), 300.0)
+    rig.run(event, event)
+    assert rig.driver.acknowledged == [event, event]
+    assert rig.acquisition.counts.irradiation_events == 1
+    assert len(list((rig.root / "spool" / "irradiation").glob("*.json"))) == 1
+
+
+def test_irradiation_record_not_writable_is_retried_not_acknowledged(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = simulated_irradiation("T1", datetime.now(UTC), 300.0)
+    failures = [OSError(errno.ENOSPC, "No space left on device")] * 2
+    kept = rig.acquisition.irradiation.keep
+
+    def full_disk(e: IrradiationEvent) -> bool:
+        if failures:
+            raise failures.pop()
+        return kept(e)
+
+    monkeypatch.setattr(rig.acquisition.irradiation, "keep", full_disk)
+    rig.driver.events.append(event)
+    rig.acquisition.poll(0)
+    assert rig.acquisition.pending == event and rig.driver.acknowledged == []
+    assert rig.alarm("acquisition_stalled")
+    rig.run()
+    assert rig.driver.acknowledged == [event]
+    assert rig.acquisition.irradiation.for_token("T1") == [event]

@@ -85,6 +85,9 @@ def test_two_series_delivered_and_valid(tmp_path: Path, stack: ExitStack, driver
     assert all("SIMULATED" in str(ds.ImageComments) for ds in images)
     (study,) = agent.json("queue")["studies"]
     assert study["images"] == 10 and study["destinations"][0]["state"] == "delivered"
+    # the acquisition's dose record, kept durably (the drop folder has no form for one)
+    records = list((tmp_path / "spool" / "irradiation").glob("*.json"))
+    assert len(records) == (0 if driver == "directory" else 1)
     if driver == "directory":  # everything taken was moved aside, nothing quarantined
         drop = tmp_path / "drop"
         assert sorted(p.name for p in drop.iterdir()) == [".done", ".quarantine"]

@@ -20,6 +20,7 @@ from hardware.base import (
     SeriesStart,
     SliceReady,
 )
+from hardware.dose import AcquisitionType, IrradiationEvent
 from hardware.mock import MockDriver
 from hardware.phantom import HU_OFFSET, shared_phantom
 
@@ -50,10 +51,16 @@ def hu(pixels: npt.NDArray[np.uint16]) -> npt.NDArray[np.int32]:
 
 def test_event_order_and_counts(driver: MockDriver) -> None:
     driver.request_scan(ScanRequest(token="TOK1", series=2, slices_per_series=7))
-    events = drain(driver, expected=2 * (7 + 2))
+    events = drain(driver, expected=2 * (7 + 2) + 1)
     assert driver.read_event(0.3) is None  # nothing more
     kinds = [type(e) for e in events]
-    assert kinds == ([SeriesStart] + [SliceReady] * 7 + [SeriesEnd]) * 2
+    assert kinds == ([SeriesStart] + [SliceReady] * 7 + [SeriesEnd]) * 2 + [IrradiationEvent]
+    record = events[-1]
+    assert isinstance(record, IrradiationEvent) and record.token == "TOK1"
+    assert record.acquisition_type == AcquisitionType.SPIRAL and record.pitch_factor
+    assert (
+        record.mean_ctdivol_mgy > 0 and record.dlp_mgycm > 0 and record.end_time > record.start_time
+    )
     starts = [e for e in events if isinstance(e, SeriesStart)]
     assert [s.series_number for s in starts] == [1, 2]
     assert [s.kernel for s in starts] == ["STANDARD", "LUNG"]
@@ -71,6 +78,8 @@ def test_event_order_and_counts(driver: MockDriver) -> None:
         if isinstance(e, SliceReady):
             driver.release(e)
     assert driver.released == 14
+    starts = [e for e in events if isinstance(e, SeriesStart)]
+    assert {s.irradiation_event_uid for s in starts} == {record.event_uid}  # one acquisition
 
 
 def test_series_start_is_a_realistic_helical_chest(driver: MockDriver) -> None:

@@ -1,0 +1,50 @@
+"""The irradiation events the hardware reported, kept durably (SPEC §3).
+
+The CT Radiation Dose SR is built from these records alone, never from guesses, so a record
+is on disk before the hardware is told it may forget it (`Driver.acknowledge`). One JSON file
+per event (hardware.event_codec), named by a hash of its Irradiation Event UID: a replayed
+record is kept once, and no file name is ever built from a value the hardware sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from agent.spool.files import make_dirs, write_durable
+from hardware.dose import IrradiationEvent
+from hardware.event_codec import EventCodecError, irradiation_from_json, irradiation_to_json
+
+log = logging.getLogger(__name__)
+
+
+class IrradiationRecords:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def keep(self, event: IrradiationEvent) -> bool:
+        """Make `event` durable; False when it was kept before (a replay). OSError: not kept."""
+        path = self._path(event.event_uid)
+        if path.exists():
+            return False
+        make_dirs(self.folder)
+        write_durable(path, json.dumps(irradiation_to_json(event), indent=1).encode())
+        return True
+
+    def for_token(self, token: str) -> list[IrradiationEvent]:
+        """The records acquired under exam `token`, oldest first."""
+        return sorted((e for e in self._all() if e.token == token), key=lambda e: e.start_time)
+
+    def _all(self) -> list[IrradiationEvent]:
+        events = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                events.append(irradiation_from_json(json.loads(path.read_bytes())))
+            except (OSError, ValueError, EventCodecError) as e:
+                log.error("irradiation record %s unreadable: %s", path.name, e)
+        return events
+
+    def _path(self, event_uid: str) -> Path:
+        return self.folder / f"{hashlib.sha256(event_uid.encode()).hexdigest()[:32]}.json"
