@@ -129,6 +129,12 @@ class Driver(abc.ABC):
         """The record is durable on the agent's side: hardware that keeps it until then may
         forget it. Drivers whose hardware does not wait for that need not override this."""
 
+    def counters(self) -> dict[str, int]:
+        """What the interface has survived since the driver was made (bad frames or files by
+        kind, duplicates, torn reads, re-requests...), for `status`: SPEC §3 wants bad input
+        counted and reported. Empty where there is nothing to count."""
+        return {}
+
     def request_scan(self, request: ScanRequest) -> None:
         """Start an acquisition (mock and simulated hardware only)."""
         raise DriverError(f"the {type(self).__name__} driver cannot acquire on request")

@@ -350,6 +350,9 @@ class DirectoryDriver(Driver):
                 s.announced.discard(index)
                 s.done.add(index)
 
+    def counters(self) -> dict[str, int]:
+        return {"bad_files": self.bad_files, "duplicates": self.duplicates}
+
     def close(self) -> None:
         with self._lock:
             observer, self._observer = self._observer, None
