@@ -1,5 +1,5 @@
 """Opening an association to a peer: TCP_NODELAY, TLS where configured, and a plain-words
-verdict when it cannot be had (refused, rejected, aborted, nothing acceptable)."""
+verdict when it cannot be had (refused, TLS refused, rejected, aborted, nothing acceptable)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext
 
-from agent.config import Peer, TlsSettings
+from agent.config import Peer
 from agent.net.outcome import Outcome, Verdict
+from agent.net.tls import client_tls_context, tls_failure, tls_verdict
+
+__all__ = ["Opened", "client_tls_context", "open_association", "set_nodelay"]
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -24,16 +27,6 @@ def set_nodelay(event: evt.Event) -> None:
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def client_tls_context(tls: TlsSettings) -> ssl.SSLContext:
-    """TLS 1.2 or later, the peer's certificate verified against our CA (BCP 195)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = tls.check_hostname
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
 
 
 @dataclass
@@ -72,12 +65,14 @@ def open_association(
         if isinstance(event.pdu, A_ASSOCIATE_RJ):
             rejection.append(event.pdu)
 
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    ctx: ssl.SSLContext | None = None
     tls_args: tuple[ssl.SSLContext, str] | None = None
     if peer.tls is not None:
         try:
             ctx = client_tls_context(peer.tls)
         except (OSError, ssl.SSLError) as e:
-            return Opened(None, Verdict(Outcome.FAIL, f"TLS setup failed: {e}"))
+            return Opened(None, Verdict(Outcome.FAIL, f"TLS setup for {where} failed: {e}"))
         # no server name (and no SNI) unless the host name is checked: peers are often IPs
         tls_args = (ctx, cast(str, peer.host if peer.tls.check_hostname else None))
     assoc = ae.associate(
@@ -94,7 +89,9 @@ def open_association(
     )
     if assoc.is_established:
         return Opened(assoc, None)
-    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    tls_error = tls_failure(ctx)
+    if tls_error is not None:
+        return Opened(None, tls_verdict(tls_error, where, peer.tls))
     if not seen["connected"]:
         return Opened(None, Verdict(Outcome.RETRY, f"cannot connect to {where}"))
     if rejection:
