@@ -33,7 +33,7 @@ from agent.control.protocol import (
     encode_request,
     encode_result,
 )
-from agent.control.server import ControlServer, SocketInUse
+from agent.control.server import ControlServer, SocketInUse, caller_user
 from agent.events import Event, EventBus, SubscriptionClosed
 
 WAIT = 5.0  # generous bound for anything that should happen at once; never a synchronisation
@@ -51,6 +51,7 @@ class Harness:
             "refuse": self._refuse,
             "block": self._block,
             "not_a_dict": lambda args: [1, 2],
+            "whoami": lambda args: {"user": caller_user()},
         }
         self.server = ControlServer(
             path, ops, self.bus, hello_info=lambda: {"agent_version": "0.1.0"}, **kwargs
@@ -157,6 +158,14 @@ def test_round_trip(server: Harness) -> None:
     with ControlClient(server.path) as client:
         assert client.request("hello") == {"versions": [1], "agent_version": "0.1.0"}
         assert client.request("echo", {"name": "DOE^JANE é"}) == {"args": {"name": "DOE^JANE é"}}
+
+
+def test_operation_knows_the_os_user_who_asked(server: Harness) -> None:
+    """SO_PEERCRED: the audit trail records who was on the other end of the socket."""
+    import pwd
+
+    with ControlClient(server.path) as client:
+        assert client.request("whoami") == {"user": pwd.getpwuid(os.getuid()).pw_name}
 
 
 def test_pipelined_requests_answered_in_order(server: Harness) -> None:

@@ -12,8 +12,10 @@ import difflib
 import errno
 import logging
 import os
+import pwd
 import socket
 import stat
+import struct
 import tempfile
 import threading
 import time
@@ -113,6 +115,27 @@ def _remove_if_stale(path: Path) -> None:
     finally:
         probe.close()
     raise SocketInUse(f"another daemon is already listening on {path}")
+
+
+_caller = threading.local()
+
+
+def peer_user(conn: socket.socket) -> str:
+    """The OS user on the other end of a Unix socket (SO_PEERCRED), for the audit trail."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        uid = struct.unpack("3i", creds)[1]
+    except OSError:
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def caller_user() -> str:
+    """In an operation: the OS user who sent the request being served ("" if unknown)."""
+    return str(getattr(_caller, "user", ""))
 
 
 def _internal(op: str) -> OpError:
@@ -230,6 +253,7 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         buffer = LineBuffer()
+        _caller.user = peer_user(conn)  # this thread serves this connection only
         try:
             while data := conn.recv(65536):
                 try:
