@@ -15,11 +15,15 @@ import pytest
 from hardware.base import DriverError, Event, HardwareError, SeriesEnd, SeriesStart, SliceReady
 from hardware.dose import IrradiationEvent
 from hardware.protocol import (
+    MAX_RESEND_FRAMES,
     MsgType,
     ResendMode,
+    ResendRequestMsg,
+    SequenceTracker,
 )
 from hardware.serial_device import SHM_DIR, SerialDevice
 from hardware.serial_shm import SerialShmDriver
+from hardware.serial_shm.resend import Answer, Resends
 from tests.test_protocol import IRRADIATION  # one sample record for codec and driver
 
 HB = 0.1  # heartbeat interval in the tests: gaps are noticed quickly
@@ -331,3 +335,121 @@ def test_irradiation_event_is_acked_only_when_durable_and_once_across_reconnects
     assert device.wait_for(lambda: device.unacked_records == 0)
     assert device.acked_records == [IRRADIATION.event_uid]
     assert driver.read_event(0.05) is None
+
+
+# -- 5. re-requests: retried, escalated to ALL, then a broken link (PROTOCOL.md §8.2) ---------
+
+
+def test_unanswered_frames_request_is_retried_then_escalated_to_all(tmp_path: Path) -> None:
+    name = f"modality-agent-test-{uuid.uuid4().hex[:12]}"
+    # device heartbeats 1 s apart: its held-slot count does not trigger an ALL of its own first
+    with SerialDevice(name, tmp_path / "tty", slot_count=4, heartbeat_interval_s=1.0) as device:
+        driver = SerialShmDriver(
+            port=str(device.line_path),
+            heartbeat_interval_s=HB,
+            link_timeout_s=30,  # the muted device is not a dead link before the ALL fails
+            reorder_window_s=1.0,  # time to mute the device before the request goes out
+            resend_retry_s=0.2,
+        )
+        try:
+            driver.open()
+            device.corrupt_next(MsgType.SLICE_READY)  # slice 0's announcement: a frame gap
+            device.scan(1, 6)
+            agent = Agent(driver, device)
+            agent.pump(lambda: len(agent.slices) == 3, release=False)  # slices 1-3
+            device.mute()  # a hung device: it hears no request and answers none
+            with pytest.raises(DriverError, match="no answer to RESEND_REQUEST ALL"):
+                agent.pump(lambda: False, release=False, limit=10)
+            modes = [r.mode for r in driver.resend_requests]
+            assert modes == [ResendMode.FRAMES] * 3 + [ResendMode.ALL]
+            assert len({(r.first_seq, r.count) for r in driver.resend_requests[:3]}) == 1
+            # the agent reconnects; the replay brings slice 0, and the series completes
+            driver.close()
+            device.mute(False)
+            driver.open()
+            agent.release_all()
+            agent.pump(lambda: len(agent.ends) == 1)
+            assert sorted(i for _, i in agent.slices) == list(range(6))
+            assert device.wait_for(device.idle)
+        finally:
+            driver.close()
+
+
+def _resends(tracker: SequenceTracker) -> Resends:
+    """Times below are exact binary fractions: no rounding at the limits."""
+    resends = Resends(tracker, reorder_s=0.25, retry_s=1.0)
+    resends.reset(0.0)
+    resends.retransmitted(0.125, replay_done=True)  # the opening replay is over
+    return resends
+
+
+def _gap(tracker: SequenceTracker, resends: Resends, seq: int, now: float) -> None:
+    result = tracker.observe(seq)
+    resends.gap(result.missing, now)
+
+
+def test_resends_retry_three_times_then_all_then_a_broken_link() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(0)
+    resends = _resends(tracker)
+    assert not resends.in_progress
+    _gap(tracker, resends, 3, 0.5)  # 1 and 2 were skipped
+    frames = ResendRequestMsg(ResendMode.FRAMES, 1, 2, "", 0)
+    assert resends.due(0.625) == []  # the reorder window
+    assert resends.due(0.75) == [frames]
+    assert tracker.missing == ()  # forgotten: the answer brings them
+    assert resends.due(1.5) == []
+    assert resends.due(1.75) == [frames]  # attempt 2
+    assert resends.due(2.75) == [frames]  # attempt 3
+    assert resends.due(3.75) == [ResendRequestMsg(ResendMode.ALL, 0, 0, "", 0)]
+    assert resends.waiting == (Answer.ALL,)
+    assert resends.due(4.5) == []
+    with pytest.raises(DriverError, match="no answer to RESEND_REQUEST ALL"):
+        resends.due(4.75)
+
+
+def test_resends_an_answer_keeps_a_request_alive_until_replay_done() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(0)
+    resends = _resends(tracker)
+    _gap(tracker, resends, 2, 0.0)
+    assert len(resends.due(0.25)) == 1
+    resends.retransmitted(1.0, replay_done=False)  # the first RETRANSMIT frame: answered
+    resends.retransmitted(1.75, replay_done=False)
+    assert resends.due(2.5) == []  # alive while its frames keep coming
+    resends.retransmitted(2.625, replay_done=True)
+    assert not resends.in_progress
+    assert resends.due(100.0) == []
+
+
+def test_resends_a_lost_replay_done_costs_one_more_request() -> None:
+    tracker = SequenceTracker()
+    tracker.observe(0)
+    resends = _resends(tracker)
+    _gap(tracker, resends, 2, 0.0)  # 1
+    _gap(tracker, resends, 4, 0.0)  # 3
+    first, second = resends.due(0.25)
+    assert (first.first_seq, second.first_seq) == (1, 3)
+    resends.retransmitted(0.5, replay_done=True)  # the first answer's REPLAY_DONE was lost
+    assert resends.waiting == (Answer.FRAMES,)
+    assert resends.due(1.25) == []
+    assert resends.due(1.5) == [second]  # the one left waiting is asked for again
+    resends.retransmitted(1.625, replay_done=True)
+    assert not resends.in_progress
+
+
+def test_resends_a_stalled_opening_replay_or_a_long_gap_asks_for_all() -> None:
+    everything = ResendRequestMsg(ResendMode.ALL, 0, 0, "", 0)
+    tracker = SequenceTracker()
+    resends = Resends(tracker, reorder_s=0.25, retry_s=1.0)
+    resends.reset(0.0)
+    assert resends.waiting == (Answer.REPLAY,)
+    resends.retransmitted(0.5, replay_done=False)
+    assert resends.due(1.25) == []
+    assert resends.due(1.5) == [everything]  # no 1 s silence in a replay: ask for all
+    resends.retransmitted(1.625, replay_done=True)
+    tracker.observe(0)
+    _gap(tracker, resends, MAX_RESEND_FRAMES + 2, 2.0)  # 1 025 numbers skipped in a row
+    assert resends.due(2.25) == [everything]
+    _gap(tracker, resends, MAX_RESEND_FRAMES + 4, 2.5)  # while ALL is under way: no FRAMES
+    assert resends.due(2.75) == []

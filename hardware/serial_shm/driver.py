@@ -1,16 +1,13 @@
-"""The serial-shm driver: the host side of PROTOCOL.md (control on a serial line, pixels in a
-shared-memory ring that the reconstructor owns).
+"""`SerialShmDriver`: the host side of PROTOCOL.md, one session at a time.
 
 `open()` opens the port, runs the handshake (HELLO / HELLO_ACK, §7.1) in the caller's thread,
-maps `/dev/shm/<ring_name>` read-only with `mmap` and checks its header against HELLO_ACK, then
-starts one I/O thread. That thread reads and decodes frames, turns them into events on a queue
-(`read_event` takes them off), and keeps the clocks: heartbeats every second, the link timeout,
-the SET_EXAM_TOKEN acknowledgement, and re-requests of lost frames and torn slices. A lost link
-is recorded and raised as `DriverError` by `read_event`; the agent then closes and opens again.
+maps the ring (`link.map_ring`), then starts one I/O thread. That thread reads and decodes
+frames, turns them into events on a queue (`read_event` takes them off), and keeps the clocks:
+heartbeats every second, the link timeout, the SET_EXAM_TOKEN acknowledgement, re-requests of
+lost frames (`resend.Resends`) and of missing or torn slices. A lost link is recorded and raised
+as `DriverError` by `read_event`; the agent then closes and opens again.
 
-The series state survives `close()` / `open()`: after a reconnect the device replays what is
-still unreleased, and announcements already received are dropped by (series key, index); one
-already durable is released again (§8.2, §9.5).
+The series state (`series.SeriesState`) survives `close()` / `open()`.
 """
 
 from __future__ import annotations
@@ -19,13 +16,9 @@ import collections
 import contextlib
 import logging
 import mmap
-import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import serial
 
@@ -34,11 +27,11 @@ from hardware.dose import IrradiationEvent
 from hardware.protocol import (
     ACK_TIMEOUT_S,
     BAUD_RATE,
+    FLAG_RETRANSMIT,
     HANDSHAKE_TIMEOUT_S,
     HEARTBEAT_INTERVAL_S,
     HELD_MISMATCH_HEARTBEATS,
     LINK_TIMEOUT_S,
-    MAX_RESEND_FRAMES,
     PROTOCOL_VERSION,
     REORDER_WINDOW_S,
     RESEND_ATTEMPTS,
@@ -70,7 +63,6 @@ from hardware.protocol import (
     SliceLostMsg,
     SliceReadyMsg,
     SliceReleaseMsg,
-    SliceTracker,
     encode,
     hardware_error_event,
     irradiation_event,
@@ -79,44 +71,17 @@ from hardware.protocol import (
     series_start_event,
     slice_ready_event,
 )
-from hardware.ring import RingError, RingHeader, TornSlotError, read_slot
+from hardware.ring import RingHeader, TornSlotError, read_slot
+from hardware.serial_shm import link
+from hardware.serial_shm.resend import Resends
+from hardware.serial_shm.series import Record, SeriesState, outstanding
 
 log = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
 AGENT_NAME = "modality-agent"
 AGENT_VERSION = "0.1.0"
 BAD_FRAMES_PER_S = 10  # §4.3: this many bad frames within 1 s is a broken link
 TORN_CODE = "SLOT_TORN"
-
-
-@dataclass
-class _Series:
-    """What the host knows of one series, across reconnections."""
-
-    key: str
-    start: SeriesStartMsg | None = None
-    tracker: SliceTracker = field(init=False)
-    durable: set[int] = field(default_factory=set)
-    pending: list[tuple[DecodedFrame, int]] = field(default_factory=list)  # before its start
-    end: SeriesEndMsg | None = None
-    end_frame: tuple[int, int] | None = None  # (session, seq) of the last SERIES_END frame
-    end_emitted: bool = False
-    end_acknowledged: bool = False  # the agent acknowledged the SeriesEnd
-    torn: dict[int, int] = field(default_factory=dict)  # index -> torn reads so far
-    generation: int | None = None  # the ring generation it was announced under
-    asked: dict[int, float] = field(default_factory=dict)  # index -> RESEND SLICE sent at
-
-    def __post_init__(self) -> None:
-        self.tracker = SliceTracker(self.key)
-
-
-@dataclass
-class _Record:
-    """An IRRADIATION_EVENT, by its event_uid: delivered once, ACKed once durable."""
-
-    frame: tuple[int, int]  # (session, seq) of the last frame that carried it
-    acknowledged: bool = False
 
 
 class SerialShmDriver(Driver):
@@ -145,13 +110,12 @@ class SerialShmDriver(Driver):
         self._link_timeout = link_timeout_s
         self._handshake_timeout = handshake_timeout_s
         self._ack_timeout = ack_timeout_s
-        self._reorder = reorder_window_s
         self._resend_retry = resend_retry_s
         self._lock = threading.RLock()
         self._events: queue.Queue[Event | None] = queue.Queue()  # None: wake up, link lost
         self._token = ""
-        self._series: dict[str, _Series] = {}
-        self._records: dict[str, _Record] = {}
+        self._series: dict[str, SeriesState] = {}
+        self._records: dict[str, Record] = {}
         self._port: serial.Serial | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -165,13 +129,12 @@ class SerialShmDriver(Driver):
         self._last_tx = 0.0
         self._rx_seq = SequenceTracker()
         self._decoder = FrameDecoder(accept=sent_by_device)
-        self._gaps: dict[int, float] = {}  # missing device frame number -> noticed at
+        self._resends = Resends(self._rx_seq, reorder_s=reorder_window_s, retry_s=resend_retry_s)
         self._token_frames: set[int] = set()  # frame numbers of the unACKed SET_EXAM_TOKEN
         self._token_sent_at: float | None = None
         self._token_attempts = 0
         self._bad_times: collections.deque[float] = collections.deque()
         self._held_mismatch = 0
-        self._replay_pending = False  # a replay (after HELLO_ACK, or ALL) not yet done
         # diagnostics
         self.bad_frames: collections.Counter[str] = collections.Counter()
         self.duplicates = 0
@@ -188,12 +151,8 @@ class SerialShmDriver(Driver):
                 raise DriverError("serial-shm driver: already open")
             self._failure = None
             self._stop.clear()
+        port = link.open_port(self._port_name, self._baudrate)
         try:
-            port = serial.serial_for_url(self._port_name, self._baudrate, timeout=0.05)
-        except (serial.SerialException, OSError, ValueError) as e:
-            raise DriverError(f"serial-shm: cannot open {self._port_name}: {e}") from e
-        try:
-            port.reset_input_buffer()
             backlog = self._handshake(port)
         except BaseException:
             port.close()
@@ -274,7 +233,7 @@ class SerialShmDriver(Driver):
                 with contextlib.suppress(Exception):
                     port.close()
             self._unmap()
-            self._gaps.clear()
+            self._resends.clear()
             self._token_frames.clear()
             self._token_sent_at = None
 
@@ -313,16 +272,15 @@ class SerialShmDriver(Driver):
             self._decoder = decoder
             self._seq = 0
             self._rx_seq.reset()
-            self._gaps.clear()
+            self._resends.clear()
             self._bad_times.clear()
             self._session += 1
-            self._replay_pending = True
             self._held_mismatch = 0
-        self._write(port, encode(hello, 0))
+        link.write(port, encode(hello, 0), self._port_name)
         self._seq = 1
         deadline = time.monotonic() + self._handshake_timeout
         while time.monotonic() < deadline:
-            data = self._read(port)
+            data = link.read(port, self._port_name)
             records = decoder.feed(data)
             for i, record in enumerate(records):
                 if isinstance(record, DecodedFrame) and isinstance(record.message, HelloAckMsg):
@@ -344,37 +302,7 @@ class SerialShmDriver(Driver):
                 f"serial-shm: device announces ring {ack.ring_name!r}, "
                 f"configured {self._ring_name!r}"
             )
-        path = SHM_DIR / ack.ring_name
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise DriverError(f"serial-shm: cannot open ring {path}: {e}") from e
-        try:
-            mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
-        except (OSError, ValueError) as e:
-            raise DriverError(f"serial-shm: cannot map ring {path}: {e}") from e
-        finally:
-            os.close(fd)
-        try:
-            with memoryview(mm) as view:
-                header = RingHeader.unpack(view)
-        except RingError as e:
-            mm.close()
-            raise DriverError(f"serial-shm: ring {path}: {e}") from e
-        checks = (
-            ("generation", header.generation, ack.ring_generation),
-            ("slot_count", header.slot_count, ack.slot_count),
-            ("slot_size", header.slot_size, ack.slot_size),
-            ("max_rows", header.max_rows, ack.max_rows),
-            ("max_columns", header.max_columns, ack.max_columns),
-            ("bytes_per_pixel", header.bytes_per_pixel, ack.bytes_per_pixel),
-        )
-        for name, ring_value, ack_value in checks:
-            if ring_value != ack_value:
-                mm.close()
-                raise DriverError(
-                    f"serial-shm: ring {path} {name} is {ring_value}, HELLO_ACK says {ack_value}"
-                )
+        mm, header = link.map_ring(ack)
         with self._lock:
             if self._generation is not None and self._generation != ack.ring_generation:
                 log.warning("serial-shm: the device restarted (new ring generation)")
@@ -382,6 +310,7 @@ class SerialShmDriver(Driver):
             self._generation = ack.ring_generation
             self._mm, self._header, self.device = mm, header, ack
             self._last_rx = time.monotonic()
+            self._resends.reset(self._last_rx)  # the replay that follows HELLO_ACK
 
     def _unmap(self) -> None:
         if self._mm is not None:
@@ -392,19 +321,6 @@ class SerialShmDriver(Driver):
 
     # -- the I/O thread ------------------------------------------------------------------------
 
-    def _read(self, port: serial.Serial) -> bytes:
-        try:
-            data: bytes = port.read(max(1, port.in_waiting))
-            return data
-        except (serial.SerialException, OSError, TypeError) as e:
-            raise DriverError(f"serial-shm: {self._port_name}: {e}") from e
-
-    def _write(self, port: serial.Serial, data: bytes) -> None:
-        try:
-            port.write(data)
-        except (serial.SerialException, OSError, TypeError) as e:
-            raise DriverError(f"serial-shm: {self._port_name}: {e}") from e
-
     def _run(self, backlog: list[DecodedFrame | FrameError]) -> None:
         try:
             with self._lock:
@@ -414,7 +330,7 @@ class SerialShmDriver(Driver):
                 port = self._port
                 if port is None:
                     break
-                data = self._read(port)
+                data = link.read(port, self._port_name)
                 with self._lock:
                     if self._stop.is_set():
                         break
@@ -441,7 +357,7 @@ class SerialShmDriver(Driver):
         seq = self._seq
         self._seq = (self._seq + 1) % (1 << 32)
         try:
-            self._write(self._port, encode(msg, seq))
+            link.write(self._port, encode(msg, seq), self._port_name)
         except DriverError as e:
             self._fail(str(e))
             return None
@@ -468,37 +384,31 @@ class SerialShmDriver(Driver):
             if self._token_attempts >= RESEND_ATTEMPTS:
                 raise DriverError("serial-shm: SET_EXAM_TOKEN not acknowledged (3 attempts)")
             self._send_token()
-        due = sorted(s for s, at in self._gaps.items() if now - at >= self._reorder)
-        if due:
-            for s in due:
-                del self._gaps[s]
-                self._rx_seq.forget(s)
-            self._request_frames(due)
+        for request in self._resends.due(now):
+            self._resend_request(request)
         for series in self._series.values():
             if series.end is None or series.start is None:
                 continue
             for index in series.tracker.missing(series.end.slices):
-                asked = series.asked.get(index)
-                torn = series.torn.get(index, 0) > RESEND_ATTEMPTS
-                retry = TORN_RETRY_S if torn else self._resend_retry
-                if asked is None or now - asked >= retry:
-                    self._ask_slice(series, index, now)
+                self._ask_again(series, index, now)
 
-    def _request_frames(self, seqs: list[int]) -> None:
-        """RESEND_REQUEST FRAMES for each run of consecutive numbers (ALL beyond 1 024)."""
-        runs: list[list[int]] = []
-        for s in seqs:
-            if runs and s == (runs[-1][-1] + 1) % (1 << 32):
-                runs[-1].append(s)
-            else:
-                runs.append([s])
-        if any(len(run) > MAX_RESEND_FRAMES for run in runs) or self._rx_seq.lost_overflow:
-            self._resend_request(ResendRequestMsg(ResendMode.ALL, 0, 0, "", 0))
+    def _ask_again(self, series: SeriesState, index: int, now: float) -> None:
+        """§8.2: a slice missing at SERIES_END is asked for every second, 3 times; then the
+        host asks for ALL (and starts counting again). A torn slice: every 30 s (§9.6)."""
+        asked = series.asked.get(index)
+        torn = series.torn.get(index, 0) > RESEND_ATTEMPTS
+        if asked is not None and now - asked < (TORN_RETRY_S if torn else self._resend_retry):
             return
-        for run in runs:
-            self._resend_request(ResendRequestMsg(ResendMode.FRAMES, run[0], len(run), "", 0))
+        if not torn and series.unanswered.get(index, 0) >= RESEND_ATTEMPTS:
+            series.unanswered[index] = 0
+            if not self._resends.in_progress:
+                series.asked[index] = now
+                self._resend_request(self._resends.request_all(now))
+                return
+        series.unanswered[index] = series.unanswered.get(index, 0) + 1
+        self._ask_slice(series, index, now)
 
-    def _ask_slice(self, series: _Series, index: int, now: float) -> None:
+    def _ask_slice(self, series: SeriesState, index: int, now: float) -> None:
         series.asked[index] = now
         self._resend_request(ResendRequestMsg(ResendMode.SLICE, 0, 0, series.key, index))
 
@@ -513,6 +423,9 @@ class SerialShmDriver(Driver):
                     self._observe_seq(record.seq, now)
                 continue
             self._last_rx = now
+            if record.flags & FLAG_RETRANSMIT:
+                replay_done = isinstance(record.message, ReplayDoneMsg)
+                self._resends.retransmitted(now, replay_done=replay_done)
             if self._observe_seq(record.seq, now):
                 self._handle(record)
 
@@ -527,10 +440,9 @@ class SerialShmDriver(Driver):
     def _observe_seq(self, seq: int, now: float) -> bool:
         result = self._rx_seq.observe(seq)
         if result.kind is SeqKind.GAP:
-            for s in result.missing:
-                self._gaps[s] = now
+            self._resends.gap(result.missing, now)
         elif result.kind is SeqKind.LATE:
-            self._gaps.pop(seq, None)
+            self._resends.late(seq)
         return result.deliver
 
     def _handle(self, frame: DecodedFrame) -> None:
@@ -556,7 +468,7 @@ class SerialShmDriver(Driver):
         elif isinstance(msg, IrradiationEventMsg):
             record = self._records.get(msg.event_uid)
             if record is None:
-                self._records[msg.event_uid] = _Record((self._session, frame.seq))
+                self._records[msg.event_uid] = Record((self._session, frame.seq))
                 self._events.put(irradiation_event(msg))
             else:
                 self.duplicates += 1
@@ -564,14 +476,14 @@ class SerialShmDriver(Driver):
                 if record.acknowledged:  # the ACK was lost, or sent before the reconnect
                     self._ack_record(record)
         elif isinstance(msg, ReplayDoneMsg):
-            self._replay_pending = False
+            pass  # the end of an answer: see _handle_records
         elif isinstance(msg, HelloAckMsg):
             self._bad("unexpected-hello-ack", time.monotonic())
 
-    def _new_series(self, key: str) -> _Series:
+    def _new_series(self, key: str) -> SeriesState:
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(key, generation=self._generation)
+            series = self._series[key] = SeriesState(key, generation=self._generation)
         return series
 
     def _close_old_generation(self) -> None:
@@ -607,20 +519,14 @@ class SerialShmDriver(Driver):
             return
         self.device_state = msg.state
         # §9.5: more slots held than announced and unreleased, 3 times: a release was lost
-        if msg.held_slots > self._outstanding() and not self._replay_pending:
+        in_progress = self._resends.in_progress
+        if msg.held_slots > outstanding(self._series.values()) and not in_progress:
             self._held_mismatch += 1
             if self._held_mismatch >= HELD_MISMATCH_HEARTBEATS:
                 self._held_mismatch = 0
-                self._replay_pending = True
-                self._resend_request(ResendRequestMsg(ResendMode.ALL, 0, 0, "", 0))
+                self._resend_request(self._resends.request_all(time.monotonic()))
         else:
             self._held_mismatch = 0
-
-    def _outstanding(self) -> int:
-        """Slices announced to this host (delivered or torn) and not yet released."""
-        return sum(
-            len((s.tracker.received | set(s.torn)) - s.durable) for s in self._series.values()
-        )
 
     def _series_start(self, msg: SeriesStartMsg) -> None:
         series = self._new_series(msg.series_key)
@@ -637,7 +543,7 @@ class SerialShmDriver(Driver):
         for frame, session in pending:
             self._series_message(series, frame, session)
 
-    def _series_message(self, series: _Series, frame: DecodedFrame, session: int) -> None:
+    def _series_message(self, series: SeriesState, frame: DecodedFrame, session: int) -> None:
         msg = frame.message
         if isinstance(msg, SliceReadyMsg):
             self._slice_ready(series, msg, session)
@@ -663,7 +569,7 @@ class SerialShmDriver(Driver):
                 self._ack_end(series)
             self._check_complete(series)
 
-    def _slice_ready(self, series: _Series, msg: SliceReadyMsg, session: int) -> None:
+    def _slice_ready(self, series: SeriesState, msg: SliceReadyMsg, session: int) -> None:
         assert series.start is not None
         h = self._header
         if h is None or session != self._session:
@@ -701,14 +607,16 @@ class SerialShmDriver(Driver):
         if kind is SliceKind.DUPLICATE:  # pragma: no cover - checked above
             return
         series.asked.pop(msg.index, None)
+        series.unanswered.pop(msg.index, None)
         self._events.put(slice_ready_event(msg, contents.pixels()))
         self._check_complete(series)
 
-    def _torn(self, series: _Series, msg: SliceReadyMsg, why: str) -> None:
+    def _torn(self, series: SeriesState, msg: SliceReadyMsg, why: str) -> None:
         """§9.6: never an image; asked for again, 3 times, then an alarm (slot kept)."""
         self.torn_reads += 1
         attempts = series.torn.get(msg.index, 0) + 1
         series.torn[msg.index] = attempts
+        series.unanswered.pop(msg.index, None)  # answered, if torn
         log.warning("serial-shm: torn slot: %s", why)
         now = time.monotonic()
         if attempts <= RESEND_ATTEMPTS:
@@ -724,7 +632,7 @@ class SerialShmDriver(Driver):
             )
             series.asked[msg.index] = now  # the retry clock of _tick asks again
 
-    def _check_complete(self, series: _Series) -> None:
+    def _check_complete(self, series: SeriesState) -> None:
         """Emit SeriesEnd once every index is in or lost (announcement order, §8.2)."""
         if series.end is None or series.end_emitted or series.start is None:
             return
@@ -732,17 +640,12 @@ class SerialShmDriver(Driver):
             series.end_emitted = True
             self._events.put(series_end_event(series.end))
 
-    def _ack_record(self, record: _Record) -> None:
+    def _ack_record(self, record: Record) -> None:
         session, seq = record.frame
         if session == self._session:
             self._send(AckMsg(seq, MsgType.IRRADIATION_EVENT, AckStatus.OK, ""))
 
-    def _ack_end(self, series: _Series) -> None:
+    def _ack_end(self, series: SeriesState) -> None:
         if series.end_frame is None or series.end_frame[0] != self._session:
             return  # ACKed when the replay brings the SERIES_END again
         self._send(AckMsg(series.end_frame[1], MsgType.SERIES_END, AckStatus.OK, ""))
-
-
-def create(options: dict[str, Any]) -> SerialShmDriver:
-    """For `hardware.DRIVERS`: options `port` (required), `baudrate`, `ring_name`."""
-    return SerialShmDriver(**options)
