@@ -235,7 +235,7 @@ def measure(slices: int, *, rows: int, slot_count: int, workdir: Path, timeout: 
                 "bad_frames": sum(driver.bad_frames.values()),
                 "duplicates": driver.duplicates,
                 "torn_reads": driver.torn_reads,
-                "resend_requests": len(driver.resend_requests),
+                "resend_requests": driver.resends,
             }
         finally:
             driver.close()

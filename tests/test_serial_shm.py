@@ -242,6 +242,9 @@ def test_garbage_and_a_bad_crc_frame_are_recovered(
     assert device.wait_for(device.idle)
     assert sum(driver.bad_frames.values()) >= 3
     assert any(r.mode == ResendMode.FRAMES for r in driver.resend_requests)
+    counters = driver.counters()  # what `status` reports (SPEC §3: counted and reported)
+    assert counters["bad_frames"] >= 3 and counters["bad_frames_crc"] >= 2
+    assert counters["resend_requests"] >= 1 and counters["torn_reads"] == 0
 
 
 def test_torn_slot_is_never_an_image_and_is_asked_again(

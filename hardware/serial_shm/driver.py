@@ -84,6 +84,9 @@ BAD_FRAMES_PER_S = 10  # §4.3: this many bad frames within 1 s is a broken link
 TORN_CODE = "SLOT_TORN"
 
 
+RECENT_REQUESTS = 64  # re-requests kept for diagnostics
+
+
 class SerialShmDriver(Driver):
     """Host side of the serial-shm protocol. `port` is the serial device path (or a pyserial
     URL); `ring_name`, when given, must equal the name the device announces."""
@@ -139,7 +142,8 @@ class SerialShmDriver(Driver):
         self.bad_frames: collections.Counter[str] = collections.Counter()
         self.duplicates = 0
         self.torn_reads = 0
-        self.resend_requests: list[ResendRequestMsg] = []
+        self.resends = 0
+        self.resend_requests: list[ResendRequestMsg] = []  # the latest RECENT_REQUESTS
         self.device_state = DeviceState.IDLE
         self.device: HelloAckMsg | None = None
 
@@ -220,6 +224,17 @@ class SerialShmDriver(Driver):
                     return
                 record.acknowledged = True
                 self._ack_record(record)
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            counts = {f"bad_frames_{kind}": n for kind, n in sorted(self.bad_frames.items())}
+            counts.update(
+                bad_frames=sum(self.bad_frames.values()),
+                duplicates=self.duplicates,
+                torn_reads=self.torn_reads,
+                resend_requests=self.resends,
+            )
+            return counts
 
     def close(self) -> None:
         with self._lock:
@@ -372,7 +387,9 @@ class SerialShmDriver(Driver):
             self._token_attempts += 1
 
     def _resend_request(self, msg: ResendRequestMsg) -> None:
+        self.resends += 1
         self.resend_requests.append(msg)
+        del self.resend_requests[:-RECENT_REQUESTS]  # a daemon runs for months
         self._send(msg)
 
     def _tick(self, now: float) -> None:
