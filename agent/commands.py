@@ -84,6 +84,7 @@ def exam_start(args: argparse.Namespace) -> int:
         "birth_date": args.birth_date,
         "sex": args.sex,
         "accession": args.accession,
+        "sps_id": args.sps_id,
         "unscheduled": args.unscheduled,
         "operator": args.operator,
         "destinations": args.dest,
@@ -184,6 +185,19 @@ def wait(args: argparse.Namespace) -> int:
     return _call(args, "wait", {"timeout": args.timeout}, timeout=args.timeout + 30)
 
 
+def worklist(args: argparse.Namespace) -> int:
+    payload = {
+        "date": args.date,
+        "patient_name": args.patient_name,
+        "accession": args.accession,
+        "sps_id": args.sps_id,
+        "cached": args.cached or None,
+    }
+    return _call(
+        args, "worklist", {k: v for k, v in payload.items() if v is not None}, show=_show_worklist
+    )
+
+
 def echo(args: argparse.Namespace) -> int:
     code = _call(args, "echo", {"names": args.names} if args.names else {}, show=_show_echo)
     return code
@@ -248,6 +262,35 @@ def _show_queue(doc: dict[str, Any]) -> int:
         )
     for a in doc["alarms"]:
         print(f"ALARM {a['kind']}: {a['message']} (since {a['since']})")
+    return EXIT_OK
+
+
+def _show_worklist(doc: dict[str, Any]) -> int:
+    dates = " to ".join(sorted(set(doc["dates"])))
+    if doc["stale"] and doc["fetched_at"] is None:
+        print(f"worklist: no answer ({doc['error']}) and no list kept", file=sys.stderr)
+        return EXIT_FAILED
+    if doc["stale"]:
+        print(
+            f"STALE: the RIS did not answer ({doc['error'] or 'not asked'}); the list kept "
+            f"from {doc['fetched_at']} ({doc['age_seconds']:.0f} s old)",
+            file=sys.stderr,
+        )
+    more = " (truncated: more exist)" if doc["truncated"] else ""
+    print(f"{doc['count']} item(s) for {dates}{more}")
+    for i in doc["items"]:
+        safety = [f"allergies: {', '.join(i['allergies'])}"] if i["allergies"] else []
+        safety += [f"alerts: {', '.join(i['medical_alerts'])}"] if i["medical_alerts"] else []
+        if i["pregnancy_status"] and i["pregnancy_status"] != "not pregnant":
+            safety.append(f"pregnancy: {i['pregnancy_status']}")
+        print(
+            f"{i['accession_number'] or '-':<16} {i['scheduled_procedure_step_id'] or '-':<12} "
+            f"{i['scheduled_time'][:4]:<4} {i['patient_name']} ({i['patient_id']}, "
+            f"{i['birth_date'] or '?'}, {i['sex'] or '?'}) "
+            f"{i['scheduled_procedure_step_description'] or i['requested_procedure_description']}"
+        )
+        for line in safety + [f"unusable: {p}" for p in i["problems"]] + i["notes"]:
+            print(f"    {line}")
     return EXIT_OK
 
 

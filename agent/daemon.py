@@ -1,6 +1,7 @@
 """`modality-agent run`: components started in dependency order, stopped in reverse.
 
-spool -> exam book -> holding -> senders -> hardware + acquisition -> control socket; then
+spool -> exam book -> holding -> senders -> hardware + acquisition -> worklist -> control
+socket; then
 systemd is told READY and the watchdog is fed while every component thread is alive.
 """
 
@@ -32,6 +33,8 @@ from agent.net.outcome import Outcome
 from agent.net.sender import SendResult
 from agent.operations import Operations
 from agent.spool import DeliveryState, Spool, SpooledInstance
+from agent.worklist.service import ALARM as WORKLIST_ALARM
+from agent.worklist.service import Worklist
 from hardware import open_driver
 from hardware.base import Driver, DriverError
 
@@ -102,6 +105,15 @@ class Daemon:
         resume_assignments(self)  # an assign cut short by a crash finishes to its target
         self._thread("acquisition", self._acquire, lambda: None)
         self._first_connect.wait(10)
+        self.worklist: Worklist | None = None
+        if cfg.worklist is not None:  # the last good list first, then a refresh in the thread
+            self.worklist = Worklist(
+                cfg.agent.ae_title,
+                cfg.worklist,
+                cfg.agent.spool_dir / "worklist.json",
+                on_answer=self._worklist_answered,
+            )
+            self._thread("worklist", partial(self.worklist.run, self.stopping), self.worklist.wake)
         self.ops = Operations(self)
         self.control = ControlServer(
             cfg.agent.control_socket, self.ops.table(), self.bus, hello_info=self.ops.hello
@@ -201,6 +213,12 @@ class Daemon:
                 continue
             (now if ended or dest.send_while_scanning else later).append(name)
         return Routing(tuple(now), tuple(later))
+
+    def _worklist_answered(self, error: str | None) -> None:
+        if error is None:
+            self.alarms.clear(WORKLIST_ALARM)
+        else:
+            self.alarms.raise_(WORKLIST_ALARM, f"worklist: {error}; the last good list is shown")
 
     def _exam_for_token(self, token: str) -> Exam | None:
         entry = self.book.entry(token)

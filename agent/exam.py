@@ -10,12 +10,35 @@ from agent.dicom.uids import UidFactory
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """One attribute exactly as the worklist encoded it: its tag, VR and value bytes. The
+    images get these bytes, never a decoded and re-encoded copy (SPEC §4)."""
+
+    tag: int
+    vr: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """What the images copy, as encoded, from the worklist item the exam was started from."""
+
+    character_set: tuple[str, ...]  # the images' Specific Character Set; () the default
+    study: tuple[Encoded, ...] = ()  # General Study: accession, referring physician, ...
+    request: tuple[Encoded, ...] = ()  # one Request Attributes Sequence item
+    protocol_codes: tuple[tuple[Encoded, ...], ...] = ()  # Scheduled Protocol Code Sequence
+
+
+@dataclass(frozen=True)
 class Patient:
     name: str  # DICOM PN, e.g. "DOE^JANE"
     id: str
     birth_date: date | None = None
     sex: str = ""  # "M", "F", "O" or "" (unknown)
     issuer_of_id: str = ""
+    # from a worklist item: the Patient and Patient Study attributes as encoded, which the
+    # images carry instead of the decoded values above
+    encoded: tuple[Encoded, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -29,6 +52,9 @@ class Procedure:
     referring_physician: str = ""
     study_instance_uid: str | None = None  # the worklist's, when it gives one
     unscheduled: bool = True
+    scheduled_procedure_step_description: str = ""
+    unidentified: bool = False  # an emergency patient with generated identifiers
+    scheduled: Scheduled | None = None  # the worklist item's encoded values, when scheduled
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ patient is still filed under that patient's exam (SPEC §3, §5)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -11,7 +12,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.exam import Exam, Patient, Procedure
+from agent.exam import Encoded, Exam, Patient, Procedure, Scheduled
 from agent.spool.files import write_durable
 
 OPEN, COMPLETED, DISCONTINUED = "open", "completed", "discontinued"
@@ -133,6 +134,8 @@ def _to_json(value: Any) -> Any:
         return [_to_json(v) for v in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, bytes):  # a worklist value as encoded
+        return base64.b64encode(value).decode("ascii")
     return value
 
 
@@ -145,14 +148,32 @@ def _entry_from_json(raw: dict[str, Any]) -> ExamEntry:
     e = raw["exam"]
     p = dict(e["patient"])
     p["birth_date"] = date.fromisoformat(p["birth_date"]) if p.get("birth_date") else None
+    p["encoded"] = _encoded(p.get("encoded", []))
+    proc = dict(e["procedure"])
+    proc["scheduled"] = _scheduled_from_json(proc.get("scheduled"))
     exam = Exam(
         **{
             **e,
             "patient": Patient(**p),
-            "procedure": Procedure(**e["procedure"]),
+            "procedure": Procedure(**proc),
             "started": datetime.fromisoformat(e["started"]),
             "destinations": tuple(e["destinations"]),
         }
     )
     ended = datetime.fromisoformat(raw["ended"]) if raw.get("ended") else None
     return ExamEntry(exam, raw["state"], ended, raw.get("discontinue_reason"))
+
+
+def _encoded(raw: list[dict[str, Any]]) -> tuple[Encoded, ...]:
+    return tuple(Encoded(r["tag"], r["vr"], base64.b64decode(r["value"])) for r in raw)
+
+
+def _scheduled_from_json(raw: dict[str, Any] | None) -> Scheduled | None:
+    if raw is None:
+        return None
+    return Scheduled(
+        character_set=tuple(raw["character_set"]),
+        study=_encoded(raw["study"]),
+        request=_encoded(raw["request"]),
+        protocol_codes=tuple(_encoded(code) for code in raw["protocol_codes"]),
+    )

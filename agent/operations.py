@@ -6,6 +6,7 @@ Each takes the request's `args` and returns the `result` object, or raises `OpEr
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import secrets
 import threading
@@ -19,17 +20,20 @@ from pydicom.dataset import Dataset
 from agent import __version__
 from agent.assignment import assign_series
 from agent.control.protocol import OpError
-from agent.dicom import files
+from agent.dicom import files, modules
 from agent.exam import Exam, Patient, Procedure, open_exam
 from agent.exam_book import ExamConflict, ExamEntry
 from agent.net.echo import echo
 from agent.queue_report import queue_document
 from agent.timestamps import utc_iso
+from agent.worklist.item import WorklistItem
+from agent.worklist.query import Filter, parse_dates
 from hardware.base import DriverError, ScanRequest
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
 
+log = logging.getLogger(__name__)
 Op = Callable[[dict[str, Any]], dict[str, Any]]
 _SEX = {"M", "F", "O", ""}
 
@@ -56,6 +60,10 @@ class Operations:
             "retry": (self.retry, {"study", "dest"}),
             "wait": (self.wait, {"timeout"}),
             "echo": (self.echo, {"names"}),
+            "worklist": (
+                self.worklist,
+                {"date", "patient_name", "accession", "sps_id", "cached"},
+            ),
         }
         return {name: _strict(op, allowed) for name, (op, allowed) in ops.items()}
 
@@ -79,7 +87,10 @@ class Operations:
             return self._exam_end(args)
 
     def _exam_start(self, args: dict[str, Any]) -> dict[str, Any]:
-        patient, procedure = _patient_and_procedure(args)
+        if self._from_worklist(args):
+            patient, procedure = self._worklist_item(args).exam_parts()
+        else:
+            patient, procedure = _patient_and_procedure(args)
         names = _strings(args, "destinations") or [d.name for d in self.d.cfg.default_destinations]
         known = {d.name for d in self.d.cfg.destinations}
         unknown = [n for n in names if n not in known]
@@ -95,6 +106,7 @@ class Operations:
             operator=_string(args, "operator", 64),
             destinations=tuple(names),
         )
+        warnings = self._check_values(exam)
         try:
             self.d.book.start(exam)
         except ExamConflict as e:
@@ -102,7 +114,100 @@ class Operations:
         self.d.driver.set_exam_token(exam.token)
         started = exam_json(ExamEntry(exam))
         self.d.notify("exam.started", started)
-        return {"exam": started}
+        return {"exam": started, "warnings": warnings}
+
+    def _from_worklist(self, args: dict[str, Any]) -> bool:
+        """SPEC §8: `accession` or `sps_id` alone takes the item from the worklist; with a
+        patient given by hand (or without a [worklist] section) the accession is a value."""
+        by_hand = any(args.get(k) for k in ("patient_id", "patient_name", "unscheduled"))
+        if args.get("sps_id") is not None and (by_hand or self.d.worklist is None):
+            raise OpError(
+                "bad_request",
+                "sps_id takes an item from the worklist: it needs a [worklist] section and "
+                "no patient given by hand",
+            )
+        return (
+            self.d.worklist is not None
+            and not by_hand
+            and bool(args.get("accession") or args.get("sps_id"))
+        )
+
+    def _worklist_item(self, args: dict[str, Any]) -> WorklistItem:
+        assert self.d.worklist is not None
+        accession = _string(args, "accession", 16)
+        sps_id = _string(args, "sps_id", 16)
+        listing = self.d.worklist.query(Filter(accession=accession, sps_id=sps_id))
+        found = [
+            i
+            for i in listing.items
+            if (not accession or i.accession_number == accession)
+            and (not sps_id or i.scheduled_procedure_step_id == sps_id)
+        ]
+        wanted = " and ".join(
+            f"{k} {v}" for k, v in (("accession", accession), ("SPS ID", sps_id)) if v
+        )
+        source = _source(listing.stale, listing.fetched_at, listing.error)
+        if not found:
+            kept = self.d.worklist.kept().items
+            known = "; ".join(_item_line(i) for i in kept[:10]) or "none"
+            more = f" and {len(kept) - 10} more" if len(kept) > 10 else ""
+            raise OpError(
+                "not_found",
+                f"no worklist item with {wanted} ({source}). The kept list has: {known}{more}",
+            )
+        if len(found) > 1:
+            raise OpError(
+                "conflict",
+                f"{len(found)} worklist items with {wanted}; give --sps-id to pick one: "
+                + "; ".join(_item_line(i) for i in found),
+                items=[i.to_json() for i in found],
+            )
+        item = found[0]
+        if not item.usable:
+            raise OpError(
+                "failed",
+                f"the worklist item {_item_line(item)} cannot be used: "
+                f"{'; '.join(item.problems)}. Register the patient by hand instead",
+            )
+        return item
+
+    def _check_values(self, exam: Exam) -> list[str]:
+        """The exam's values in the images, checked now (never at every slice); our own text
+        that the worklist's character set cannot hold is named (it is written with "?")."""
+        ds = modules.exam_preview(exam, self.d.cfg.equipment)
+        try:
+            files.validate(ds)
+        except files.InvalidDataset as e:
+            raise OpError("bad_request", str(e)) from None
+        terms = modules.character_set(ds)  # (): no worklist set, UTF-8 when needed
+        changed = modules.fit_text(ds, terms) if terms else []
+        if not changed:
+            return []
+        shown = "\\".join(terms)
+        message = (
+            f"the worklist's character set {shown} cannot hold every "
+            f"character of {', '.join(changed)}: each such character is written as '?'"
+        )
+        log.warning("exam %s: %s", exam.token, message)
+        return [message]
+
+    def worklist(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.d.worklist is None:
+            raise OpError("failed", "no worklist: the config has no [worklist] section")
+        dates = None
+        if args.get("date") is not None:
+            try:
+                dates = parse_dates(_string(args, "date", 17))
+            except ValueError as e:
+                raise OpError("bad_request", f"date: {e}") from None
+        f = Filter(
+            dates=dates,
+            patient_name=_string(args, "patient_name", 64),
+            accession=_string(args, "accession", 16),
+            sps_id=_string(args, "sps_id", 16),
+        )
+        listing = self.d.worklist.kept(f) if _bool(args, "cached") else self.d.worklist.query(f)
+        return listing.to_json()
 
     def _exam_end(self, args: dict[str, Any]) -> dict[str, Any]:
         reason = args.get("discontinue")
@@ -263,6 +368,7 @@ _EXAM_START_ARGS = (
     "unscheduled",
     "operator",
     "destinations",
+    "sps_id",
 )
 MAX_TIMEOUT_S = 86400.0
 
@@ -332,6 +438,7 @@ def _int(args: dict[str, Any], key: str, default: int, low: int, high: int) -> i
 
 def _patient_and_procedure(args: dict[str, Any]) -> tuple[Patient, Procedure]:
     unscheduled = _bool(args, "unscheduled")
+    unidentified = False
     pid = _string(args, "patient_id", 64)
     name = _string(args, "patient_name", 64 * 5)
     if not pid and not name:
@@ -341,6 +448,7 @@ def _patient_and_procedure(args: dict[str, Any]) -> tuple[Patient, Procedure]:
             )
         stamp = datetime.now().strftime("%Y%m%d%H%M%S")
         pid, name = f"EMERG-{stamp}-{secrets.token_hex(2).upper()}", f"EMERGENCY^{stamp}"
+        unidentified = True
     elif not (pid and name):
         raise OpError("bad_request", "patient_id and patient_name go together")
     birth = _string(args, "birth_date", 8)
@@ -357,7 +465,7 @@ def _patient_and_procedure(args: dict[str, Any]) -> tuple[Patient, Procedure]:
     _check_vrs(PatientName=name, PatientID=pid, AccessionNumber=accession)
     return (
         Patient(name=name, id=pid, birth_date=birth_date, sex=sex),
-        Procedure(accession_number=accession, unscheduled=True),
+        Procedure(accession_number=accession, unscheduled=True, unidentified=unidentified),
     )
 
 
@@ -381,6 +489,9 @@ def exam_json(entry: ExamEntry) -> dict[str, Any]:
         "patient_id": e.patient.id,
         "patient_name": e.patient.name,
         "unscheduled": e.procedure.unscheduled,
+        "unidentified": e.procedure.unidentified,
+        "scheduled_procedure_step_id": e.procedure.scheduled_procedure_step_id,
+        "requested_procedure_description": e.procedure.requested_procedure_description,
         "operator": e.operator,
         "destinations": list(e.destinations),
         "started": utc_iso(e.started),
@@ -388,3 +499,20 @@ def exam_json(entry: ExamEntry) -> dict[str, Any]:
         "ended": utc_iso(entry.ended) if entry.ended else None,
         "discontinue_reason": entry.discontinue_reason,
     }
+
+
+def _item_line(item: WorklistItem) -> str:
+    when = item.scheduled_date.isoformat() if item.scheduled_date else "no date"
+    return (
+        f"accession {item.accession_number or '-'} SPS {item.scheduled_procedure_step_id or '-'}"
+        f" ({when} {item.scheduled_time}, {item.modality}, "
+        f"{item.scheduled_procedure_step_description or item.requested_procedure_description})"
+    )
+
+
+def _source(stale: bool, fetched_at: datetime | None, error: str | None) -> str:
+    if not stale:
+        return "the RIS answered now"
+    if fetched_at is None:
+        return f"the RIS did not answer ({error}) and no list was kept"
+    return f"the RIS did not answer ({error}); searched the list kept from {utc_iso(fetched_at)}"

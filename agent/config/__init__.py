@@ -9,6 +9,7 @@ from agent.config.model import (
     HardwareSettings,
     Peer,
     TlsSettings,
+    WorklistSettings,
 )
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Peer",
     "Problem",
     "TlsSettings",
+    "WorklistSettings",
     "from_mapping",
     "load",
 ]

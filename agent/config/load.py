@@ -19,6 +19,7 @@ from agent.config.model import (
     HardwareSettings,
     Peer,
     TlsSettings,
+    WorklistSettings,
 )
 from agent.config.schema import SCHEMA
 
@@ -211,8 +212,23 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
         equipment=Equipment(**raw["equipment"]),
         hardware=HardwareSettings(driver=hw.pop("driver"), options=hw),
         destinations=tuple(destinations),
-        worklist=Peer(**_peer_args(source, raw["worklist"])) if "worklist" in raw else None,
+        worklist=_worklist(source, raw["worklist"], agent) if "worklist" in raw else None,
         mpps=Peer(**_peer_args(source, raw["mpps"])) if "mpps" in raw else None,
+    )
+
+
+def _worklist(source: Path, raw: Mapping[str, Any], agent: AgentSettings) -> WorklistSettings:
+    station = raw.get("station_ae_title", agent.ae_title).strip()
+    return WorklistSettings(
+        **_peer_args(source, raw),
+        modality=raw.get("modality", "CT").strip(),
+        station_ae_title=station if raw.get("match_station", True) else "",
+        patient_name=raw.get("patient_name", "").strip(),
+        days_before=raw.get("days_before", 0),
+        days_after=raw.get("days_after", 0),
+        refresh_interval_s=float(raw.get("refresh_interval", 300)),
+        query_timeout_s=float(raw.get("query_timeout", 30)),
+        max_items=raw.get("max_items", 5000),
     )
 
 

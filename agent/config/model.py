@@ -71,13 +71,27 @@ class Destination(Peer):
 
 
 @dataclass(frozen=True)
+class WorklistSettings(Peer):
+    """The Modality Worklist SCP (the RIS) and the matching keys sent to it (SPEC §7)."""
+
+    modality: str = "CT"
+    station_ae_title: str = ""  # Scheduled Station AE Title to match; "" when not matched
+    patient_name: str = ""  # a PN matching key with wildcards; "" matches every name
+    days_before: int = 0  # the date range: today - days_before .. today + days_after
+    days_after: int = 0
+    refresh_interval_s: float = 300.0
+    query_timeout_s: float = 30.0
+    max_items: int = 5000
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path  # the file it was read from, for messages
     agent: AgentSettings
     equipment: Equipment
     hardware: HardwareSettings
     destinations: tuple[Destination, ...]
-    worklist: Peer | None = None
+    worklist: WorklistSettings | None = None
     mpps: Peer | None = None
 
     def destination(self, name: str) -> Destination:

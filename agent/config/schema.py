@@ -83,6 +83,57 @@ DESTINATION: dict[str, Any] = {
     "required": ["name", "ae_title", "host", "port"],
 }
 
+WORKLIST: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **PEER_PROPERTIES,
+        "modality": {
+            "type": "string",
+            "pattern": "^[A-Z0-9_ ]{1,16}$",
+            "default": "CT",
+            "description": "Modality matching key (CS): upper case, at most 16 characters",
+        },
+        "station_ae_title": {
+            **AE_TITLE,
+            "description": "Scheduled Station AE Title to match (default: agent.ae_title)",
+        },
+        "match_station": {
+            "type": "boolean",
+            "default": True,
+            "description": "match the Scheduled Station AE Title; false: items for any station",
+        },
+        "patient_name": {
+            "type": "string",
+            "maxLength": 64,
+            "pattern": r"^[^\\\x00-\x1f]*$",
+            "description": "Patient's Name matching key (PN, * and ? wildcards), no backslash",
+        },
+        "days_before": {"type": "integer", "minimum": 0, "maximum": 31, "default": 0},
+        "days_after": {"type": "integer", "minimum": 0, "maximum": 31, "default": 0},
+        "refresh_interval": {
+            "type": "number",
+            "minimum": 5,
+            "maximum": 86400,
+            "default": 300,
+            "description": "seconds between background refreshes of the list",
+        },
+        "query_timeout": {
+            **SECONDS,
+            "default": 30,
+            "description": "seconds one query may take in all before it is cancelled",
+        },
+        "max_items": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100000,
+            "default": 5000,
+            "description": "items kept from one query; the query is cancelled beyond",
+        },
+    },
+    "required": ["ae_title", "host", "port"],
+}
+
 # Each driver's own keys; `driver` picks which apply (unknown keys are errors as everywhere).
 DRIVER_KEYS: dict[str, dict[str, Any]] = {
     "mock": {},
@@ -172,7 +223,7 @@ SCHEMA: dict[str, Any] = {
             ],
         },
         "hardware": HARDWARE,
-        "worklist": PEER,
+        "worklist": WORKLIST,
         "mpps": PEER,
         "destinations": {"type": "array", "minItems": 1, "items": DESTINATION},
     },

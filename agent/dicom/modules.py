@@ -4,6 +4,10 @@ that the instance's Timezone Offset From UTC states.
 
 Identifiers (patient ID, accession number, UIDs) are copied as given, never shortened: a value
 too long for its VR is refused when the instance is encoded. Descriptive text is cut to fit.
+
+An exam started from a worklist item carries the item's values as encoded (`Encoded`): they are
+written byte for byte, under the item's Specific Character Set, and our own text (equipment,
+operator, series description) is fitted into that set (docs/worklist.md, "Character sets").
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from datetime import date, datetime
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage
-from pydicom.valuerep import DSfloat
+from pydicom.valuerep import DSfloat, PersonName
 
 from agent.config.model import Equipment
-from agent.exam import Exam, Patient
+from agent.exam import Encoded, Exam, Patient
+from agent.worklist import charset
 from hardware.base import Orientation, SeriesStart, Vector3
 
 MPPS_SOP_CLASS_UID = "1.2.840.10008.3.1.2.3.3"
@@ -43,6 +51,9 @@ _AXIAL_ROW_COL: dict[str, tuple[Vector3, Vector3]] = {
     "FFDL": ((0, 1, 0), (1, 0, 0)),
 }
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+_CHARSET_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}  # those that use the character set
+UNSCHEDULED_COMMENT = "UNSCHEDULED: patient registered by hand, no worklist item"
+UNIDENTIFIED_COMMENT = "UNSCHEDULED: unidentified emergency patient, generated identifiers"
 
 
 # -- value helpers -------------------------------------------------------------------------------
@@ -132,6 +143,51 @@ def orientation_problem(patient_position: str, orientation: Orientation) -> str 
     return None
 
 
+def put_encoded(ds: Dataset, e: Encoded, terms: Sequence[str]) -> None:
+    """One worklist value into `ds` as encoded: text in the character set byte for byte (a
+    Person Name keeps its original bytes), other VRs (dates, codes, numbers) as their text."""
+    if e.vr == "PN":
+        ds[e.tag] = DataElement(e.tag, "PN", PersonName(e.value, convert_encodings(list(terms))))
+    elif e.vr in _CHARSET_VRS:
+        ds[e.tag] = DataElement(e.tag, e.vr, _split(e.value, terms))
+    elif e.vr == "US":
+        ds[e.tag] = DataElement(e.tag, "US", int.from_bytes(e.value[:2], "little"))
+    else:
+        ds[e.tag] = DataElement(e.tag, e.vr, e.value.decode("ascii").strip(" \x00"))
+
+
+def _split(value: bytes, terms: Sequence[str]) -> bytes | list[bytes]:
+    """Several values as a list, so that each is checked against its VR; not in character
+    sets whose multi-byte characters may hold the backslash byte (kept whole there)."""
+    if b"\\" not in value or any(t not in charset.SPLIT_SAFE for t in terms):
+        return value
+    return value.split(b"\\")
+
+
+def fit_text(ds: Dataset, terms: Sequence[str]) -> list[str]:
+    """Our own text values (not those copied as encoded) with each character `terms` cannot
+    hold replaced by "?"; the keywords of the values that changed."""
+    changed = []
+    for elem in ds.iterall():
+        if elem.VR not in _CHARSET_VRS:
+            continue
+        values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
+        fitted = [_fit(v, terms) for v in values]
+        if fitted != values:
+            elem.value = fitted if isinstance(elem.value, MultiValue) else fitted[0]
+            changed.append(elem.keyword or str(elem.tag))
+    return changed
+
+
+def _fit(value: object, terms: Sequence[str]) -> object:
+    if isinstance(value, PersonName) and value.original_string is None:
+        text = str(value)
+        return value if charset.fit(text, terms) == text else charset.fit(text, terms)
+    if isinstance(value, str):
+        return charset.fit(value, terms)
+    return value  # bytes, or a name with its original bytes: copied as encoded
+
+
 # -- the modules ---------------------------------------------------------------------------------
 
 
@@ -145,6 +201,8 @@ def patient(ds: Dataset, p: Patient) -> None:
 
 
 def general_study(ds: Dataset, exam: Exam, started: datetime) -> None:
+    """Also, for an exam from the worklist: the item's Specific Character Set, and its patient
+    and study values as encoded, in place of the decoded ones (call after `patient`)."""
     proc = exam.procedure
     ds.StudyInstanceUID = exam.study_instance_uid
     ds.StudyDate = da(started)
@@ -154,6 +212,12 @@ def general_study(ds: Dataset, exam: Exam, started: datetime) -> None:
     ds.AccessionNumber = proc.accession_number
     if proc.requested_procedure_description:
         ds.StudyDescription = _text(proc.requested_procedure_description)
+    if proc.scheduled is not None:
+        terms = proc.scheduled.character_set
+        if terms:
+            ds.SpecificCharacterSet = list(terms) if len(terms) > 1 else terms[0]
+        for e in (*exam.patient.encoded, *proc.scheduled.study):
+            put_encoded(ds, e, terms)
 
 
 def patient_study(ds: Dataset, p: Patient, study_date: date) -> None:
@@ -189,21 +253,47 @@ def general_series(
     ds.PatientPosition = start.patient_position
     proc = exam.procedure
     if not proc.unscheduled:
-        item = Dataset()  # Request Attributes Macro: only what the worklist gave
-        if proc.requested_procedure_id:
-            item.RequestedProcedureID = proc.requested_procedure_id
-        if proc.accession_number:
-            item.AccessionNumber = proc.accession_number
-        if proc.requested_procedure_description:
-            item.RequestedProcedureDescription = _text(proc.requested_procedure_description)
-        if proc.scheduled_procedure_step_id:
-            item.ScheduledProcedureStepID = proc.scheduled_procedure_step_id
-        ds.RequestAttributesSequence = [item]
+        ds.RequestAttributesSequence = [request_attributes(exam)]
+    else:  # IHE SWF: unscheduled images say so, and have no request
+        ds.CommentsOnThePerformedProcedureStep = (
+            UNIDENTIFIED_COMMENT if proc.unidentified else UNSCHEDULED_COMMENT
+        )
     if performed_procedure_step_uid:
         ref = Dataset()
         ref.ReferencedSOPClassUID = MPPS_SOP_CLASS_UID
         ref.ReferencedSOPInstanceUID = performed_procedure_step_uid
         ds.ReferencedPerformedProcedureStepSequence = [ref]
+
+
+def request_attributes(exam: Exam) -> Dataset:
+    """The Request Attributes Sequence item: only what the worklist gave, as encoded (or, for
+    a scheduled procedure given without its encoded values, as decoded)."""
+    proc = exam.procedure
+    item = Dataset()
+    if proc.scheduled is None:
+        for keyword, value in (
+            ("RequestedProcedureID", proc.requested_procedure_id),
+            ("AccessionNumber", proc.accession_number),
+            ("RequestedProcedureDescription", _text(proc.requested_procedure_description)),
+            ("ScheduledProcedureStepID", proc.scheduled_procedure_step_id),
+        ):
+            if value:
+                setattr(item, keyword, value)
+        return item
+    terms = proc.scheduled.character_set
+    for e in proc.scheduled.request:
+        put_encoded(item, e, terms)
+    if proc.study_instance_uid:
+        item.StudyInstanceUID = proc.study_instance_uid
+    codes = []
+    for code in proc.scheduled.protocol_codes:
+        c = Dataset()
+        for e in code:
+            put_encoded(c, e, terms)
+        codes.append(c)
+    if codes:
+        item.ScheduledProtocolCodeSequence = codes
+    return item
 
 
 def frame_of_reference(ds: Dataset, frame_of_reference_uid: str) -> None:
@@ -314,11 +404,32 @@ def sop_common(ds: Dataset, *, sop_instance_uid: str, created: datetime) -> None
     ds.InstanceCreationDate = da(created)
     ds.InstanceCreationTime = tm(created)
     ds.TimezoneOffsetFromUTC = utc_offset(created)
-    if any(
+    if "SpecificCharacterSet" in ds:  # the worklist's: our own text is fitted into it
+        fit_text(ds, character_set(ds))
+    elif any(
         e.VR in _TEXT_VRS and not all(str(v).isascii() for v in _values(e.value))
         for e in ds.iterall()
     ):
-        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: any name survives
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: any name survives (ASCII is UTF-8)
+
+
+def character_set(ds: Dataset) -> tuple[str, ...]:
+    value = ds.get("SpecificCharacterSet")
+    return tuple(str(v) for v in _values(value)) if value else ()
+
+
+def exam_preview(exam: Exam, equipment: Equipment) -> Dataset:
+    """The attributes every image of `exam` shares, as the images will hold them: to check
+    an exam's values when it starts rather than at each slice."""
+    ds = Dataset()
+    patient(ds, exam.patient)
+    general_study(ds, exam, exam.started)
+    general_equipment(ds, equipment)
+    if exam.operator:
+        ds.OperatorsName = exam.operator
+    if not exam.procedure.unscheduled:
+        ds.RequestAttributesSequence = [request_attributes(exam)]
+    return ds
 
 
 def _values(value: object) -> Sequence[object]:
