@@ -11,11 +11,12 @@ agent has not released (still in the drop folder, or held in the ring) are named
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
                 except (OSError, SimulatorError) as e:
                     print(f"simulate: cannot play: {e}", file=sys.stderr)
                     return EXIT_FAILED
-                got = _wait(client, events, stream, before, played.expected, args.timeout)
+                left = functools.partial(_left_behind, cfg, reconstructor, played)
+                got = _wait(client, stream, events, before, played.expected, left, args.timeout)
     except DaemonUnreachable as e:
         print(f"simulate: {e}", file=sys.stderr)
         return EXIT_NO_DAEMON
@@ -88,15 +90,17 @@ def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
         print(f"simulate: {e.message}", file=sys.stderr)
         return exit_code(e)
     result = {"requested": plan.series * plan.slices, "written": played.expected, "accepted": got}
-    if got < played.expected:
+    not_taken = _left_behind(cfg, reconstructor, played)
+    if got < played.expected or not_taken:
         print(
             f"simulate: {got} of {played.expected} slices accepted after {args.timeout:g} s; "
-            f"not accepted: {_missing(cfg, reconstructor, played)}",
+            f"not accepted: {_describe(played, not_taken)}",
             file=sys.stderr,
         )
         return EXIT_TIMEOUT
     if args.json:
-        print(json.dumps({**result, "series": [s.series_key for s in played.series]}, indent=2))
+        series = [s.series_key for s in played.series]
+        print(json.dumps({**result, "series": series, "injected": played.injected}, indent=2))
     else:
         print(f"{got} slice(s) accepted in {len(played.series)} series")
     return EXIT_OK
@@ -114,13 +118,16 @@ def _taken(client: ControlClient, timeout: float | None = None) -> int:
 
 def _wait(
     client: ControlClient,
-    events: ControlClient,
     stream: Iterator[Event],
+    events: ControlClient,
     before: int,
     wanted: int,
+    left_behind: Callable[[], set[tuple[str, int]]],
     timeout: float,
 ) -> int:
-    """Slices accepted or held since `before`, once `wanted` or when `timeout` s passed."""
+    """Slices accepted or held since `before`, once `wanted` and none of the played ones is
+    left behind (not yet taken by the agent: the count alone could include slices of an
+    earlier play), or when `timeout` s passed."""
     timer = threading.Timer(timeout, events.close)  # ends the event iteration at the deadline
     timer.daemon = True
     timer.start()
@@ -135,34 +142,35 @@ def _wait(
                 if e.code != "timeout":
                     raise
                 return got  # the daemon did not answer in time
-            if got >= wanted or left <= 0:
+            if (got >= wanted and not left_behind()) or left <= 0:
                 return got
             next(stream, None)  # a slice event, or the deadline (then one last look)
     finally:
         timer.cancel()
 
 
-def _missing(cfg: Config, reconstructor: Reconstructor, played: Played) -> str:
-    """The slices the agent has not released (still in the drop folder, or in held slots of
-    the simulator's ring), by series."""
+def _left_behind(cfg: Config, reconstructor: Reconstructor, played: Played) -> set[tuple[str, int]]:
+    """(series key, index) of the played slices the agent has not taken yet: still in the
+    drop folder, or in held slots of the simulator's ring."""
     if isinstance(reconstructor, SerialReconstructor):
         try:
             held = set(reconstructor.held())
-        except (OSError, SimulatorError) as e:
-            return f"unknown (the simulator does not answer: {e})"
-        where = "held in the ring"
-    else:
-        folder = Path(cfg.hardware.options["folder"])
-        held = {
-            (s.series_key, i)
-            for s in played.series
-            for i in s.written
-            if (folder / s.series_key / slice_names(i)[0]).exists()
-        }
-        where = "left in the drop folder"
+        except (OSError, SimulatorError):
+            return set()  # cannot tell: the counts decide
+        return {(s.series_key, i) for s in played.series for i in s.written} & held
+    folder = Path(cfg.hardware.options["folder"])
+    return {
+        (s.series_key, i)
+        for s in played.series
+        for i in s.written
+        if (folder / s.series_key / slice_names(i)[0]).exists()
+    }
+
+
+def _describe(played: Played, left: set[tuple[str, int]]) -> str:
     parts = []
     for s in played.series:
-        left = [i for i in s.written if (s.series_key, i) in held]
-        if left:
-            parts.append(f"series {s.series_key} indices {ranges(left)}")
-    return "; ".join(parts) or f"none {where} (the agent may still be filing)"
+        indices = sorted(i for key, i in left if key == s.series_key)
+        if indices:
+            parts.append(f"series {s.series_key} indices {ranges(indices)}")
+    return "; ".join(parts) or "none left behind (the agent may still be filing)"

@@ -2,8 +2,8 @@
 
 After `request_scan`, a worker thread produces, for each series, a `SeriesStart` (realistic
 helical chest parameters, `simulated=True`), its `SliceReady` events moving head to feet along
-z, and a `SeriesEnd`; after the last series, the acquisition's `IrradiationEvent` (its dose
-record). Pixels come from `hardware.phantom` (a chest phantom in HU with noise).
+z, and a `SeriesEnd`, after the acquisition's `IrradiationEvent` (its dose record), which
+comes first. Pixels come from `hardware.phantom` (a chest phantom in HU with noise).
 
 Flow control is that of real hardware: the event queue is bounded, so with `rate_per_s=None`
 the mock goes as fast as the agent reads; with a rate it is paced by waiting on a clock (never
@@ -275,6 +275,10 @@ class MockDriver(Driver):
         paced = time.monotonic()
         emitted = 0
         irradiation = simulated_irradiation(token, acquired, 2 * (top - centre))
+        # the acquisition ended before its reconstructions: its record comes first (PROTOCOL
+        # §6 0x24: before the SERIES_END of any series reconstructed from it)
+        if not self._put(irradiation):
+            return
         for i, recon in enumerate(recons):
             key = f"MOCK-{self._instance}-{next(self._series_keys)}"
             start = simulated_series_start(token, key, first + i, recon, self._contrast_agent)
@@ -297,7 +301,6 @@ class MockDriver(Driver):
                     self._produced += 1
             if not self._put(SeriesEnd(series_key=key, slices=n)):
                 return
-        self._put(irradiation)  # the record of the acquisition all these series came from
 
     def _slice(
         self,

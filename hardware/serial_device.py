@@ -85,6 +85,7 @@ from hardware.ring import (
 )
 
 SHM_DIR = Path("/dev/shm")
+OBSERVED = 256  # recent tokens, ACKs and re-requests kept for tests: the simulator runs for days
 
 
 @dataclass
@@ -133,6 +134,8 @@ class SerialDevice:
         self._stop = threading.Event()
         self._master: int | None = None
         self._slave: int | None = None
+        self._slave_name: str | None = None
+        self._writing = 0  # slot writes in flight (close waits for them)
         self._in_session = False
         self._seq = 0
         self._log: collections.OrderedDict[int, Message] = collections.OrderedDict()
@@ -171,10 +174,12 @@ class SerialDevice:
         self.releases = 0
         self.release_frames = 0  # SLICE_RELEASE frames received, matching or not
         self.hellos = 0
-        self.tokens: list[str] = []
-        self.acked_ends: list[str] = []
-        self.acked_records: list[str] = []
-        self.resend_requests: list[ResendRequestMsg] = []
+        self.tokens: collections.deque[str] = collections.deque(maxlen=OBSERVED)
+        self.acked_ends: collections.deque[str] = collections.deque(maxlen=OBSERVED)
+        self.acked_records: collections.deque[str] = collections.deque(maxlen=OBSERVED)
+        self.resend_requests: collections.deque[ResendRequestMsg] = collections.deque(
+            maxlen=OBSERVED
+        )
         self.max_waiting_seen = 0
         self.blocked = 0  # slices that had to wait for a FREE slot (backpressure)
 
@@ -210,19 +215,19 @@ class SerialDevice:
         for t in [self._reader, *self._scans]:
             if t is not None:
                 t.join(timeout=5)
+        with self._cond:  # a slot write in flight must end before the ring is unmapped
+            self._cond.wait_for(lambda: not self._writing, timeout=5)
         self.drop_line()
-        with contextlib.suppress(FileNotFoundError):
-            self.line_path.unlink()
         if self._buf is not None:
             self._buf.release()
             self._buf = None
         if self._mm is not None:
             self._mm.close()  # type: ignore[attr-defined]
             self._mm = None
-        if self._fd is not None:
+        if self._fd is not None:  # only a ring this device made is removed
             os.close(self._fd)
             self._fd = None
-        self.ring_path.unlink(missing_ok=True)
+            self.ring_path.unlink(missing_ok=True)
 
     def __enter__(self) -> SerialDevice:
         self.start()
@@ -238,18 +243,24 @@ class SerialDevice:
         tmp = self.line_path.with_name(self.line_path.name + ".new")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        tmp.symlink_to(os.ttyname(slave))
+        name = os.ttyname(slave)
+        tmp.symlink_to(name)
         tmp.replace(self.line_path)
         with self._cond:
-            self._master, self._slave = master, slave
+            self._master, self._slave, self._slave_name = master, slave, name
             self._in_session = False
 
     def drop_line(self) -> None:
-        """The line vanishes (cable pulled): the host's port fails; the session is over."""
+        """The line vanishes (cable pulled): the host's port fails and its path is gone (the
+        freed pty number may go to another process: a host must not find it there); the
+        session is over."""
         with self._cond:
-            master, slave = self._master, self._slave
-            self._master = self._slave = None
+            master, slave, name = self._master, self._slave, self._slave_name
+            self._master = self._slave = self._slave_name = None
             self._in_session = False
+        with contextlib.suppress(OSError):
+            if name is not None and os.readlink(self.line_path) == name:
+                self.line_path.unlink()
         for fd in (slave, master):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -393,9 +404,19 @@ class SerialDevice:
             self._series[start.series_key] = _Series(msg)
             self._send(msg)
 
-    def put_slice(self, slice_: SliceReady) -> bool:
+    def put_slice(
+        self,
+        slice_: SliceReady,
+        *,
+        tear: bool = False,
+        corrupt: bool = False,
+        drop: bool = False,
+        reorder: bool = False,
+    ) -> bool:
         """Wait for a FREE slot (backpressure), write the pixels, announce the slice; the slot
-        stays HELD until the host releases it. False when the device is closing."""
+        stays HELD until the host releases it. False when the device is closing. Faults of
+        this slice alone: its slot `tear`n until re-requested; its SLICE_READY frame sent with
+        a broken CRC (`corrupt`), never sent (`drop`), or after the next frame (`reorder`)."""
         with self._cond:
             if not self._free:
                 self.blocked += 1
@@ -407,10 +428,16 @@ class SerialDevice:
                 return False
             slot = self._free.pop(0)
             seq = next(self._slot_seq)
-        payload = np.ascontiguousarray(slice_.pixels, dtype="<u2").tobytes()
-        assert self._buf is not None
-        rows, cols = slice_.pixels.shape
-        crc = write_slot(self._buf, self.header, slot, seq, rows, cols, payload)
+            self._writing += 1
+        try:
+            payload = np.ascontiguousarray(slice_.pixels, dtype="<u2").tobytes()
+            assert self._buf is not None
+            rows, cols = slice_.pixels.shape
+            crc = write_slot(self._buf, self.header, slot, seq, rows, cols, payload)
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
         key, index = slice_.series_key, slice_.index
         msg = SliceReadyMsg(
             series_key=key,
@@ -426,17 +453,31 @@ class SerialDevice:
             acquisition_time=slice_.acquisition_time,
         )
         with self._cond:
+            if self._stop.is_set():
+                return False
             if self.keep_written:
                 self.written[(key, index)] = np.array(slice_.pixels, dtype=np.uint16)
-            if self._tear_next:
+            if tear or self._tear_next:
                 self._tear_next = False
                 off = self.header.slot_offset(slot) + SLOT_PAYLOAD_OFFSET
                 self._torn[slot] = (off, self._buf[off])
                 self._buf[off] ^= 0xFF
             self._slots[slot] = (key, index, msg)
             self._series[key].held[index] = msg
-            self._send(msg)
+            self._send(msg, corrupt=corrupt, drop=drop, hold=reorder)
         return True
+
+    @property
+    def closing(self) -> bool:
+        return self._stop.is_set()
+
+    def is_announced(self, key: str, index: int) -> bool:
+        """Whether slice `index` of series `key` was announced or reported lost."""
+        with self._cond:
+            series = self._series.get(key)
+            if series is None:
+                return False
+            return index in series.held or index in series.released or index in series.lost
 
     def announce_again(self, key: str, index: int) -> None:
         """Send a held slice's SLICE_READY once more as a new frame (not a retransmission):
@@ -479,23 +520,34 @@ class SerialDevice:
         with contextlib.suppress(OSError):
             os.write(fd, data)
 
-    def _send(self, msg: Message, flags: int = 0) -> None:
+    def _send(
+        self,
+        msg: Message,
+        flags: int = 0,
+        *,
+        corrupt: bool = False,
+        drop: bool = False,
+        hold: bool = False,
+    ) -> None:
         """Send one frame (under the lock), only in a session (HELLO_ACK starts one): what
-        is not sent now is part of the state replayed at the next HELLO."""
+        is not sent now is part of the state replayed at the next HELLO. `corrupt`, `drop`
+        and `hold` (sent after the next frame) are line faults of this frame, as are the
+        pending counts of `corrupt_next`, `drop_next` and `reorder_next` for its type."""
         if not self._in_session or self._master is None or self._muted:
             return
         seq = self._seq
         self._seq = (self._seq + 1) % (1 << 32)
         frame = encode(msg, seq, flags)
-        if self._corrupt[msg.TYPE]:
-            self._corrupt[msg.TYPE] -= 1
+        if corrupt or _take(self._corrupt, msg.TYPE):
             i = len(frame) // 2
             broken = bytearray(frame)
             broken[i] = broken[i] ^ 0xFF or 0x5A
             frame = bytes(broken)
         self._log[seq] = msg
         while len(self._log) > REPLAY_DEPTH:
-            self._log.popitem(last=False)
+            old, _ = self._log.popitem(last=False)
+            self._record_seqs.pop(old, None)
+            self._hw_error_seqs.pop(old, None)
         if isinstance(msg, IrradiationEventMsg):
             self._record_seqs[seq] = msg.event_uid
         if isinstance(msg, HwErrorMsg):
@@ -505,11 +557,9 @@ class SerialDevice:
         if isinstance(msg, SeriesEndMsg) and msg.series_key in self._series:
             self._series[msg.series_key].end_seqs.add(seq)
         self._last_tx = time.monotonic()
-        if self._drop[msg.TYPE]:
-            self._drop[msg.TYPE] -= 1
+        if drop or _take(self._drop, msg.TYPE):
             return
-        if self._hold[msg.TYPE] and self._held_frame is None:
-            self._hold[msg.TYPE] -= 1
+        if self._held_frame is None and (hold or _take(self._hold, msg.TYPE)):
             self._held_frame = frame
             return
         self._write(frame)
@@ -706,3 +756,11 @@ class SerialDevice:
             lost = SliceLostMsg(key, index, LostReason.NOT_HELD, "released before")
             self._send(lost, FLAG_RETRANSMIT)
         # else: not produced yet; it is announced when ready
+
+
+def _take(pending: collections.Counter[MsgType], msg_type: MsgType) -> bool:
+    """Use up one pending fault of `msg_type`, if any."""
+    if pending[msg_type]:
+        pending[msg_type] -= 1
+        return True
+    return False

@@ -13,11 +13,14 @@ what must arrive.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from typing import Any
 from hardware.base import SeriesStart, SliceReady
 from hardware.dose import IrradiationEvent
 from hardware.mock import COLUMNS, ROWS
-from hardware.protocol import MsgType, irradiation_event_message
+from hardware.protocol import irradiation_event_message
 from hardware.serial_device import SerialDevice
 from hardware.simulator import Fault, Plan, Played, PlayedSeries, mock_content
 
@@ -93,25 +96,78 @@ class SimulatorServer:
         self._numbers: dict[str, int] = {}  # exam token -> next series number
         self._playing = threading.Lock()  # one scan at a time, as on a real gantry
         self._listener: socket.socket | None = None
+        self._lock_fd: int | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        """Create the line, the ring and the order socket; SimulatorError if another
-        simulator holds them."""
+        """Create the line, the ring and the order socket. SimulatorError, touching nothing,
+        if another simulator runs here or if a path it would take is not a simulator's (a
+        real serial device at `port`, a real reconstructor's ring): a simulator started by
+        mistake with a console's config must never replace the real hardware."""
         self.line.parent.mkdir(parents=True, exist_ok=True)
-        if _answers(self.orders):
-            raise SimulatorError(f"a simulator is already running (orders at {self.orders})")
-        self.orders.unlink(missing_ok=True)  # left by a simulator that was killed
-        self.device.ring_path.unlink(missing_ok=True)
+        self._lock_fd = _lock(self.lock_file)
+        try:
+            self._check_line()
+            self._check_ring()
+            self._check_orders()
+            self.device.start()
+            self.ring_marker.write_text(self.device.ring_name + "\n")
+            self._listen()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def lock_file(self) -> Path:
+        return self.line.with_name(self.line.name + ".lock")
+
+    @property
+    def ring_marker(self) -> Path:
+        """Names the ring this simulator made, so that the next one may replace it."""
+        return self.line.with_name(self.line.name + ".ring")
+
+    def _check_line(self) -> None:
+        if not os.path.lexists(self.line):
+            return
+        target = os.readlink(self.line) if self.line.is_symlink() else ""
+        if not target.startswith("/dev/pts/"):
+            raise SimulatorError(
+                f"{self.line} exists and is not a simulator's line (a real serial device?): "
+                "refusing to replace it; give the simulator a config whose `port` is free"
+            )
+
+    def _check_ring(self) -> None:
+        ring = self.device.ring_path
+        if not ring.exists():
+            return
+        try:
+            ours = self.ring_marker.read_text().strip() == self.device.ring_name
+        except OSError:
+            ours = False
+        if not ours:
+            raise SimulatorError(
+                f"{ring} exists and was not made by a simulator on {self.line} (a real "
+                "reconstructor's ring?): refusing to delete it; choose another ring_name"
+            )
+        ring.unlink()  # left by a simulator that was killed
+
+    def _check_orders(self) -> None:
+        if not os.path.lexists(self.orders):
+            return
+        if not stat.S_ISSOCK(os.lstat(self.orders).st_mode):
+            raise SimulatorError(f"{self.orders} exists and is not a socket: refusing to use it")
+        self.orders.unlink()  # we hold the lock: no simulator serves it
+
+    def _listen(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o077)  # the order socket is the owner's only
         try:
             listener.bind(str(self.orders))
-        finally:
-            os.umask(old)
-        listener.listen(4)
+            os.chmod(self.orders, 0o600)  # the owner's only: orders make patients' exams
+            listener.listen(4)
+        except BaseException:
+            listener.close()
+            raise
         self._listener = listener
-        self.device.start()
 
     def serve_forever(self) -> None:
         """Take orders until `stop()`; each connection in its own thread."""
@@ -124,13 +180,20 @@ class SimulatorServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def stop(self) -> None:
+        """Stop serving, close the device (its line and ring go), release the lock. Removes
+        only what this simulator made."""
         self._stopped.set()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
-        self.orders.unlink(missing_ok=True)
-        self.device.close()
+            self._listener = None
+            self.orders.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            self.device.close()
+            self.ring_marker.unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rwb") as stream:
@@ -139,6 +202,8 @@ class SimulatorServer:
                 answer = self._answer(line)
             except SimulatorError as e:
                 answer = {"ok": False, "error": str(e)}
+            except Exception as e:  # a bug: said to the client, the simulator goes on
+                answer = {"ok": False, "error": f"simulator failed: {type(e).__name__}: {e}"}
             with contextlib.suppress(OSError):
                 stream.write(json.dumps(answer).encode() + b"\n")
                 stream.flush()
@@ -155,87 +220,127 @@ class SimulatorServer:
         if order.get("op") != "play":
             raise SimulatorError(f"unknown op {order.get('op')!r}; known: play, held")
         played = self.play(plan_from_json(order))
-        return {"ok": True, "series": [dataclasses.asdict(s) for s in played.series]}
+        return {
+            "ok": True,
+            "series": [dataclasses.asdict(s) for s in played.series],
+            "injected": dict(played.injected),
+        }
 
     def play(self, plan: Plan) -> Played:
         unknown = plan.faults - self.faults
         if unknown:
             raise SimulatorError(f"faults not available here: {', '.join(sorted(unknown))}")
-        with self._playing:
+        if not self._playing.acquire(blocking=False):
+            raise SimulatorError("busy: a scan is playing; order again when it has ended")
+        try:
             first = self._numbers.get(plan.token, 1)
             self._numbers[plan.token] = first + plan.series
             return _Player(self.device, plan).run(mock_content(plan, first))
+        finally:
+            self._playing.release()
 
 
 class _Player:
     """One plan's device steps, with its faults at fixed places of each series of n slices:
     `crc` index 0, `drop` index 1, `garbage` before index 0, `reorder` pairs (0,1), (2,3)...,
     `lose` n//2, `torn` and `duplicate` the last, `disconnect` after n//2 of the first series,
-    `hw-error` the last series from (n+1)//2 on (SLICE_LOST for the rest)."""
+    `hw-error` the last series from n//2 on (SLICE_LOST for the rest). Counts what it
+    injected, for the caller to check that the fault happened."""
 
     def __init__(self, device: SerialDevice, plan: Plan) -> None:
         self.device, self.plan = device, plan
         self.played: list[PlayedSeries] = []
-        self.disconnected = False
+        self.injected: collections.Counter[str] = collections.Counter()
+        self.key: str | None = None
+        self.written: list[int] = []
 
     def run(self, content: Iterator[SeriesStart | SliceReady | IrradiationEvent]) -> Played:
-        key: str | None = None
-        written: list[int] = []
-        for event in content:
-            if isinstance(event, IrradiationEvent):  # kept and replayed until ACKed
-                self.device.irradiation(irradiation_event_message(event))
-            elif isinstance(event, SeriesStart):
-                if key is not None:
-                    self._end(key, written)
-                key = self.device.new_series_key()
-                written = []
-                self.device.begin_series(dataclasses.replace(event, series_key=key))
-                if Fault.GARBAGE in self.plan.faults:
-                    self.device.inject_garbage(GARBAGE)
-            elif key is not None:
-                self._slice(dataclasses.replace(event, series_key=key), written)
-        if key is not None:
-            self._end(key, written)
-        return Played(tuple(self.played))
+        try:
+            for event in content:
+                if isinstance(event, IrradiationEvent):  # kept and replayed until ACKed
+                    self.device.irradiation(irradiation_event_message(event))
+                elif isinstance(event, SeriesStart):
+                    self._end()
+                    self._begin(event)
+                elif self.key is not None:
+                    self._slice(dataclasses.replace(event, series_key=self.key))
+            self._end()
+        except Exception as e:
+            self._abandon(e)
+            raise
+        return Played(tuple(self.played), dict(self.injected))
+
+    def _begin(self, start: SeriesStart) -> None:
+        self.key = self.device.new_series_key()
+        self.written = []
+        self.device.begin_series(dataclasses.replace(start, series_key=self.key))
+        if Fault.GARBAGE in self.plan.faults:
+            self.device.inject_garbage(GARBAGE)
+            self.injected[Fault.GARBAGE] += 1
 
     def _aborted(self, index: int) -> bool:
         last = len(self.played) == self.plan.series - 1
-        return Fault.HW_ERROR in self.plan.faults and last and index >= (self.plan.slices + 1) // 2
+        return Fault.HW_ERROR in self.plan.faults and last and index >= self.plan.slices // 2
 
-    def _slice(self, slice_: SliceReady, written: list[int]) -> None:
+    def _slice(self, slice_: SliceReady) -> None:
         faults, n, i, key = self.plan.faults, self.plan.slices, slice_.index, slice_.series_key
         device = self.device
         if self._aborted(i):
-            if i == (n + 1) // 2:
+            if i == n // 2:
                 message = "reconstruction aborted: simulated hardware error"
                 device.hardware_error(HW_ERROR_CODE, message, key)
+                self.injected[Fault.HW_ERROR] += 1
             device.lose_slice(key, i, "reconstruction aborted")
             return
         if Fault.LOSE in faults and i == n // 2:
             device.lose_slice(key, i, "simulated reconstruction failure")
+            self.injected[Fault.LOSE] += 1
             return
-        if Fault.CRC in faults and i == 0:
-            device.corrupt_next(MsgType.SLICE_READY)
-        if Fault.DROP in faults and i == min(1, n - 1):
-            device.drop_next(MsgType.SLICE_READY)
-        if Fault.REORDER in faults and i % 2 == 0 and i + 1 < n:
-            device.reorder_next(MsgType.SLICE_READY)
-        if Fault.TORN in faults and i == n - 1:
-            device.tear_next_slice()
-        if not device.put_slice(slice_):
+        flags = {
+            Fault.CRC: Fault.CRC in faults and i == 0,
+            Fault.DROP: Fault.DROP in faults and i == min(1, n - 1),
+            Fault.REORDER: Fault.REORDER in faults and i % 2 == 0 and i + 1 < n,
+            Fault.TORN: Fault.TORN in faults and i == n - 1,
+        }
+        ok = device.put_slice(
+            slice_,
+            corrupt=flags[Fault.CRC],
+            drop=flags[Fault.DROP],
+            reorder=flags[Fault.REORDER],
+            tear=flags[Fault.TORN],
+        )
+        if not ok:
             raise SimulatorError("the simulator is stopping")
-        written.append(i)
+        self.injected.update(f for f, on in flags.items() if on)
+        self.written.append(i)
         if Fault.DUPLICATE in faults and i == n - 1:
             device.announce_again(key, i)
-        if Fault.DISCONNECT in faults and not self.disconnected and i == n // 2:
-            self.disconnected = True
+            self.injected[Fault.DUPLICATE] += 1
+        if Fault.DISCONNECT in faults and not self.injected[Fault.DISCONNECT] and i == n // 2:
+            self.injected[Fault.DISCONNECT] += 1
             device.drop_line()
             time.sleep(RECONNECT_PAUSE_S)  # the cable is out for a while: that is the fault
             device.attach_line()
 
-    def _end(self, key: str, written: list[int]) -> None:
+    def _end(self) -> None:
+        if self.key is None:
+            return
+        self.device.end_series(self.key, self.plan.slices)
+        self.played.append(PlayedSeries(self.key, self.plan.slices, tuple(self.written)))
+        self.key = None
+
+    def _abandon(self, error: Exception) -> None:
+        """The play failed half-way: close the open series as a reconstructor would (HW_ERROR,
+        SLICE_LOST for what it will never have, SERIES_END), so the agent's series ends."""
+        if self.key is None or self.device.closing:
+            return
+        key, done = self.key, set(self.written)
+        self.device.hardware_error("SIMULATOR_FAILED", f"simulator failed: {error}"[:255], key)
+        for index in range(self.plan.slices):
+            if index not in done and not self.device.is_announced(key, index):
+                self.device.lose_slice(key, index, "simulator failed")
         self.device.end_series(key, self.plan.slices)
-        self.played.append(PlayedSeries(key, self.plan.slices, tuple(written)))
+        self.key = None
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -282,7 +387,7 @@ class SerialReconstructor:
             PlayedSeries(s["series_key"], int(s["planned"]), tuple(s["written"]))
             for s in answer["series"]
         )
-        return Played(series)
+        return Played(series, {str(k): int(v) for k, v in answer.get("injected", {}).items()})
 
     def held(self) -> list[tuple[str, int]]:
         """(series key, index) of every slice whose slot the agent has not released."""
@@ -312,11 +417,12 @@ class SerialReconstructor:
         return answer
 
 
-def _answers(path: Path) -> bool:
-    """Whether something listens on the Unix socket at `path`."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
+def _lock(path: Path) -> int:
+    """An exclusive lock on `path` for as long as the process holds the descriptor."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SimulatorError(f"a simulator is already running here (it holds {path})") from None
+    return fd

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from hardware.base import HardwareError, ScanRequest, SeriesStart, SliceReady
+from hardware.base import HardwareError, ScanRequest, SeriesEnd, SeriesStart, SliceReady
 from hardware.directory import (
     DONE,
     END_FILE,
@@ -92,6 +92,7 @@ class PlayedSeries:
 @dataclass(frozen=True)
 class Played:
     series: tuple[PlayedSeries, ...]
+    injected: dict[str, int] = field(default_factory=dict)  # fault -> times it was injected
 
     @property
     def expected(self) -> int:
@@ -121,20 +122,20 @@ def mock_content(
     try:
         mock.request_scan(ScanRequest(plan.token, plan.series, plan.slices, plan.rate_per_s))
         number = first_series_number
-        while True:  # the acquisition's irradiation record comes after its last series
+        ended = 0
+        while ended < plan.series:
             event = mock.read_event(30.0)
             if event is None:
                 raise RuntimeError("the mock produced nothing for 30 s")
             if isinstance(event, SeriesStart):
                 yield dataclasses.replace(event, series_number=number)
                 number += 1
-            elif isinstance(event, SliceReady):
+            elif isinstance(event, SliceReady | IrradiationEvent):
                 yield event
+            elif isinstance(event, SeriesEnd):
+                ended += 1
             elif isinstance(event, HardwareError):
                 raise RuntimeError(f"the mock failed: {event.message}")
-            elif isinstance(event, IrradiationEvent):
-                yield event
-                return
     finally:
         mock.close()
 
@@ -193,7 +194,7 @@ class DropFolderReconstructor:
             i, n = event.index, plan.slices
             if Fault.LOSE in faults and i == n // 2:
                 continue
-            if Fault.HW_ERROR in faults and series_done == last_series and i >= (n + 1) // 2:
+            if Fault.HW_ERROR in faults and series_done == last_series and i >= n // 2:
                 continue
             if Fault.REORDER in faults and i % 2 == 0 and i + 1 < n:
                 pending.append(event)  # written after its successor

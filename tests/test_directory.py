@@ -79,8 +79,7 @@ def write(folder: Path, name: str, data: bytes) -> None:
 
 def one_series(n: int = 3) -> tuple[SeriesStart, list[SliceReady]]:
     events = list(mock_content(Plan("TOKEN", 1, n)))
-    start = events[0]
-    assert isinstance(start, SeriesStart)
+    (start,) = [e for e in events if isinstance(e, SeriesStart)]
     return start, [e for e in events if isinstance(e, SliceReady)]
 
 

@@ -33,15 +33,19 @@ def driver() -> Iterator[MockDriver]:
     d.close()
 
 
-def drain(d: MockDriver, expected: int | None = None, timeout: float = 5.0) -> list[Event]:
-    """Read events until `expected` arrived (or, without it, until none came for a while)."""
+def drain(
+    d: MockDriver, expected: int | None = None, timeout: float = 5.0, *, records: bool = False
+) -> list[Event]:
+    """Read events until `expected` arrived (or, without it, until none came for a while);
+    the irradiation records (one per scan) are skipped unless `records`."""
     events: list[Event] = []
     deadline = time.monotonic() + timeout
     while expected is None or len(events) < expected:
         event = d.read_event(0.5 if expected is None else max(0.0, deadline - time.monotonic()))
         if event is None:
             break
-        events.append(event)
+        if records or not isinstance(event, IrradiationEvent):
+            events.append(event)
     return events
 
 
@@ -51,11 +55,11 @@ def hu(pixels: npt.NDArray[np.uint16]) -> npt.NDArray[np.int32]:
 
 def test_event_order_and_counts(driver: MockDriver) -> None:
     driver.request_scan(ScanRequest(token="TOK1", series=2, slices_per_series=7))
-    events = drain(driver, expected=2 * (7 + 2) + 1)
+    events = drain(driver, expected=1 + 2 * (7 + 2), records=True)
     assert driver.read_event(0.3) is None  # nothing more
     kinds = [type(e) for e in events]
-    assert kinds == ([SeriesStart] + [SliceReady] * 7 + [SeriesEnd]) * 2 + [IrradiationEvent]
-    record = events[-1]
+    assert kinds == [IrradiationEvent] + ([SeriesStart] + [SliceReady] * 7 + [SeriesEnd]) * 2
+    record = events.pop(0)  # first: before the SERIES_END of its series (PROTOCOL §6 0x24)
     assert isinstance(record, IrradiationEvent) and record.token == "TOK1"
     assert record.acquisition_type == AcquisitionType.SPIRAL and record.pitch_factor
     assert (
@@ -265,7 +269,7 @@ def test_a_failing_scan_is_reported_and_the_mock_carries_on(
     with monkeypatch.context() as m:
         m.setattr("hardware.mock.shared_phantom", broken)
         driver.request_scan(ScanRequest(token="T", series=1, slices_per_series=2))
-        event = driver.read_event(5.0)
+        (event,) = drain(driver, expected=1)  # its irradiation record skipped: it came first
     assert isinstance(event, HardwareError) and "phantom broke" in event.message
     driver.request_scan(ScanRequest(token="T", series=1, slices_per_series=2))
     assert len(drain(driver, expected=4)) == 4

@@ -336,7 +336,7 @@ def test_irradiation_event_is_acked_only_when_durable_and_once_across_reconnects
     assert device.unacked_records == 1
     driver.acknowledge(event)
     assert device.wait_for(lambda: device.unacked_records == 0)
-    assert device.acked_records == [IRRADIATION.event_uid]
+    assert list(device.acked_records) == [IRRADIATION.event_uid]
     assert driver.read_event(0.05) is None
 
 
