@@ -1,8 +1,8 @@
 """The audit trail: who did what, when (SPEC §9; in the spirit of IHE ATNA, PS3.15 A.5).
 
 One JSON object per line in `<spool>/audit.log`, appended and fsynced before the action is
-answered, readable with `modality-agent audit`. Each record names the action with its ATNA
-event (e.g. `exam.start` is a Patient Record event, `purge` a DICOM Instances Deleted one),
+answered. Each record names the action with its ATNA
+event (e.g. `exam.start` is a Procedure Record event, `purge` a DICOM Study Deleted one),
 the person (the operator named in the request, and the OS user on the other end of the control
 socket), the outcome, and the objects acted on (study, exam token, series, destination). The
 file holds patient-related identifiers, as an audit trail must: it is the agent user's alone
@@ -15,7 +15,6 @@ a line of its own, and the records after it stand.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,20 +22,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.spool.files import FILE_MODE, fsync_dir
+from agent.spool.files import append_durable, ends_with_newline
 from agent.timestamps import utc_iso
 
 # action -> (ATNA event ID (DCM code), event action code: C create, R read, U update, D delete,
 # E execute)
 ATNA_EVENTS: dict[str, tuple[str, str]] = {
-    "agent.start": ("110100 Application Activity", "E"),
-    "agent.stop": ("110100 Application Activity", "E"),
+    "agent.start": ("110100 Application Activity / 110120 Application Start", "E"),
+    "agent.stop": ("110100 Application Activity / 110121 Application Stop", "E"),
     "config.change": ("110100 Application Activity", "U"),
-    "exam.start": ("110110 Patient Record", "C"),
-    "exam.end": ("110110 Patient Record", "U"),
-    "exam.assign": ("110110 Patient Record", "U"),
-    "retry": ("110104 DICOM Instances Transferred", "E"),
+    "exam.start": ("110111 Procedure Record", "C"),
+    "exam.end": ("110111 Procedure Record", "U"),
+    "exam.assign": ("110111 Procedure Record", "U"),
+    "retry": ("110104 DICOM Instances Transferred", "R"),
     "purge": ("110105 DICOM Study Deleted", "D"),
+    "alarm.acknowledge": ("110100 Application Activity", "E"),
+    "operator.sign_in": ("110114 User Authentication / 110122 Login", "E"),
+    "operator.lock": ("110114 User Authentication / 110123 Logout", "E"),
 }
 
 
@@ -67,7 +69,7 @@ class AuditTrail:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._tail_checked = False
+        self._tail_ok = False  # the file is known to end with a whole line
 
     def record(
         self,
@@ -84,22 +86,12 @@ class AuditTrail:
             raise ValueError(f"unknown audit action {action!r}")
         rec = AuditRecord(datetime.now(UTC), action, operator, os_user, outcome, objects)
         line = json.dumps(rec.to_json(), ensure_ascii=False).encode() + b"\n"
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         with self._lock:
-            new = not self.path.exists()
-            fd = os.open(self.path, flags, FILE_MODE)
-            try:
-                if not self._tail_checked:  # a line torn by a crash must not swallow this one
-                    size = os.fstat(fd).st_size
-                    if size and os.pread(fd, 1, size - 1) != b"\n":
-                        line = b"\n" + line
-                    self._tail_checked = True
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if new:
-                fsync_dir(self.path.parent)
+            if not self._tail_ok and not ends_with_newline(self.path):
+                line = b"\n" + line  # a line torn by a crash must not swallow this one
+            self._tail_ok = False  # until this append is known whole
+            append_durable(self.path, line)
+            self._tail_ok = True
         return rec
 
     def read(self) -> tuple[list[dict[str, Any]], list[int]]:

@@ -58,40 +58,47 @@ class SpoolSpace:
         self.alarms = alarms
         self._free = free
         self.level = Level.OK
+        self.reason = ""  # the alarm's message while the level is not OK
         self.free_mb = 0
 
     def check(self) -> Level:
-        """Measure, and raise or clear the `disk_low` alarm. An unreadable file system counts
-        as full: refusing an exam is safe, accepting one onto a broken disk is not."""
+        """Measure; raise the `disk_low` alarm when the level drops, clear it when space is
+        back (published on a change of level, not on every megabyte). An unreadable file
+        system counts as full: refusing an exam is safe, accepting one onto a broken disk is
+        not."""
         try:
             self.free_mb = self._free(self.path) // MB
         except OSError as e:
-            self.level = Level.FULL
-            self.alarms.raise_(ALARM, f"spool file system {self.path} unreadable: {e.strerror}")
+            self._set(Level.FULL, f"spool file system {self.path} unreadable: {e.strerror}")
             return self.level
         if self.free_mb < self.limits.refuse_free_mb:
-            self.level = Level.FULL
-            self.alarms.raise_(
-                ALARM,
+            self._set(
+                Level.FULL,
                 f"spool disk nearly full: {self.free_mb} MB free, below "
                 f"{self.limits.refuse_free_mb} MB: new exams are refused",
             )
         elif self.free_mb < self.limits.warn_free_mb:
-            self.level = Level.LOW
-            self.alarms.raise_(
-                ALARM,
+            self._set(
+                Level.LOW,
                 f"spool disk low: {self.free_mb} MB free, below {self.limits.warn_free_mb} MB",
             )
         else:
-            self.level = Level.OK
-            self.alarms.clear(ALARM)
+            self._set(Level.OK, "")
         return self.level
 
     def refusal(self) -> str | None:
         """Why a new exam must not start now (measured afresh), or None."""
         if self.check() is not Level.FULL:
             return None
-        return (
-            f"the spool disk has {self.free_mb} MB free, below the {self.limits.refuse_free_mb} "
-            "MB needed to start an exam: free space (deliver or purge studies) first"
-        )
+        return f"{self.reason}: free space (deliver or purge studies) first"
+
+    def _set(self, level: Level, reason: str) -> None:
+        """`reason` is always the fresh one (for `refusal`); the alarm is raised again only
+        when the level or the kind of cause changes."""
+        before, self.level, self.reason = (self.level, self.reason), level, reason
+        if level is Level.OK:
+            self.alarms.clear(ALARM)
+            return
+        cause_changed = ("unreadable" in reason) != ("unreadable" in before[1])
+        if level is not before[0] or cause_changed or not self.alarms.is_active(ALARM):
+            self.alarms.raise_(ALARM, reason)

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from agent.spool.files import make_dirs, write_durable
+from agent.spool.files import fsync_dir, fsync_file, is_temp_name, make_dirs, write_durable
 from hardware.dose import IrradiationEvent
 from hardware.event_codec import EventCodecError, irradiation_from_json, irradiation_to_json
 
@@ -23,11 +23,17 @@ log = logging.getLogger(__name__)
 class IrradiationRecords:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        if folder.is_dir():  # a crash before a rename leaves a temporary file: never a record
+            for path in folder.iterdir():
+                if is_temp_name(path.name):
+                    path.unlink()
 
     def keep(self, event: IrradiationEvent) -> bool:
         """Make `event` durable; False when it was kept before (a replay). OSError: not kept."""
         path = self._path(event.event_uid)
-        if path.exists():
+        if path.exists():  # kept before, perhaps by a write cut short before its folder fsync
+            fsync_file(path)
+            fsync_dir(self.folder)
             return False
         make_dirs(self.folder)
         write_durable(path, json.dumps(irradiation_to_json(event), indent=1).encode())

@@ -32,6 +32,13 @@ PROCESSING_FAILURE = 0x0110  # e.g. "Performed Procedure Step Object may no long
 DUPLICATE_INSTANCE = 0x0111
 NO_SUCH_INSTANCE = 0x0112
 INVALID_ATTRIBUTE_VALUE = 0x0106
+MISSING_ATTRIBUTE = 0x0120
+# what an N-SET to COMPLETED or DISCONTINUED must carry (PS3.4 Table F.7.2-1, final state)
+REQUIRED_WHEN_FINAL = (
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepEndTime",
+    "PerformedSeriesSequence",
+)
 
 # (message "N-CREATE" or "N-SET", SOP Instance UID) -> a status to answer instead, or None
 Answer = Callable[[str, str], int | None]
@@ -147,9 +154,17 @@ class MppsSCP:
                     status = NO_SUCH_INSTANCE
                 elif current.get("PerformedProcedureStepStatus") in FINAL:
                     status = PROCESSING_FAILURE  # may no longer be updated (F.7.2.2.4)
+                elif _final_without_its_end(mods):
+                    status = MISSING_ATTRIBUTE  # F.7.2.2.4.1: type 1 on completion
                 else:
                     status = SUCCESS
                     for element in mods:
                         current[element.tag] = element
             self._record("N-SET", uid, mods, status, event)
         return status, (current if status == SUCCESS else None)
+
+
+def _final_without_its_end(mods: Dataset) -> bool:
+    if mods.get("PerformedProcedureStepStatus") not in FINAL:
+        return False
+    return any(not mods.get(keyword) for keyword in REQUIRED_WHEN_FINAL)

@@ -17,7 +17,8 @@ def test_records_are_appended_with_their_atna_event(tmp_path: Path) -> None:
     records, bad = AuditTrail(tmp_path / "audit.log").read()
     assert bad == []
     assert [r["action"] for r in records] == ["exam.start", "exam.end"]
-    assert records[0]["atna_event"] == "110110 Patient Record" and records[0]["atna_action"] == "C"
+    assert records[0]["atna_event"] == "110111 Procedure Record"
+    assert records[0]["atna_action"] == "C"
     assert records[0]["operator"] == "RT Smith" and records[0]["os_user"] == "tech"
     assert records[0]["objects"] == {"token": "T1", "study": "1.2.3"}
     assert records[0]["time"].endswith("Z")
@@ -41,3 +42,25 @@ def test_a_torn_line_is_reported_and_the_rest_stands(tmp_path: Path) -> None:
 def test_unknown_action_is_a_programming_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown audit action"):
         AuditTrail(tmp_path / "audit.log").record("exam.explode")
+
+
+def test_a_failed_append_never_swallows_the_next_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills mid-append: part of the line is written, the call raises; the next
+    record, once space is back, is whole and on a line of its own."""
+    trail = AuditTrail(tmp_path / "audit.log")
+    trail.record("agent.start")
+
+    def disk_full(path: Path, data: bytes) -> None:
+        with path.open("ab") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr("agent.audit.append_durable", disk_full)
+        with pytest.raises(OSError):
+            trail.record("exam.start", token="T1")
+    trail.record("exam.end", token="T1")
+    records, bad = trail.read()
+    assert [r["action"] for r in records] == ["agent.start", "exam.end"] and bad == [2]

@@ -35,6 +35,9 @@ def test_levels_alarm_and_recovery(tmp_path: Path) -> None:
     disk.free_mb = 999
     assert space.check() is Level.LOW and space.refusal() is None
     assert published[-1][0] == "alarm.raised" and "999 MB free" in published[-1][1]["message"]
+    disk.free_mb = 998  # same level: no new alarm event for every megabyte
+    raised = len(published)
+    assert space.check() is Level.LOW and len(published) == raised
     disk.free_mb = 150
     refusal = space.refusal()
     assert refusal is not None and "150 MB free" in refusal and "200 MB" in refusal
@@ -48,7 +51,8 @@ def test_unreadable_file_system_refuses(tmp_path: Path) -> None:
     disk = Disk(5000)
     space, _ = make(tmp_path, disk)
     disk.error = OSError(5, "Input/output error")
-    assert space.refusal() is not None
+    refusal = space.refusal()
+    assert refusal is not None and "unreadable: Input/output error" in refusal
     assert "unreadable" in space.alarms.active()[0].message
 
 

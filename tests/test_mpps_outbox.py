@@ -5,12 +5,15 @@ the IHE SWF duplicate rule, refusals set aside without blocking the rest, bytes 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pydicom.dataset import Dataset
+from pynetdicom.association import Association
 
 from agent.config import Peer
-from agent.mpps.outbox import N_CREATE, N_SET, MppsOutbox
-from agent.mpps.sender import deliver
+from agent.mpps.outbox import N_CREATE, N_SET, MppsMessage, MppsOutbox
+from agent.mpps.sender import MAX_ATTEMPTS, deliver
 from agent.net.outcome import Outcome
 from tests.mpps_scp import DUPLICATE_INSTANCE, INVALID_ATTRIBUTE_VALUE, MppsSCP
 from tests.peers import free_port
@@ -30,6 +33,10 @@ def final(status: str = "COMPLETED") -> Dataset:
     ds = Dataset()
     ds.PerformedProcedureStepStatus = status
     ds.PerformedProcedureStepEndDate = "20261126"
+    ds.PerformedProcedureStepEndTime = "101500"
+    series = Dataset()
+    series.SeriesInstanceUID = "1.2.826.0.1.3680043.10.999.2"
+    ds.PerformedSeriesSequence = [series]
     return ds
 
 
@@ -119,18 +126,91 @@ def test_unreadable_message_is_set_aside(tmp_path: Path) -> None:
     with MppsSCP() as ris:
         result = deliver(outbox, "CT_TEST", peer(ris.port))
         assert [m.kind for m in ris.messages] == ["N-SET"]  # 0112: the create never came
-    assert "unreadable" in result.set_aside[0] and outbox.failed() == 2
+    assert "damaged" in result.set_aside[0] and outbox.failed() == 2
+
+
+# PS3.5 H.3.1: a Japanese name in ISO 2022 IR 87, alphabetic, ideographic and phonetic groups
+YAMADA = b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B"
 
 
 def test_values_keep_their_bytes(tmp_path: Path) -> None:
-    """A name copied from the worklist in its own character set arrives byte for byte."""
+    """A name copied from the worklist in its own character set arrives byte for byte (not
+    decoded and encoded again)."""
     ds = create()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.add_new(0x00100010, "PN", "Müller^Jürgen".encode())  # raw UTF-8, as the RIS sent it
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.add_new(0x00100010, "PN", YAMADA)  # raw, as the RIS sent it
     outbox = MppsOutbox(tmp_path / "mpps")
     outbox.put(N_CREATE, STEP, ds)
+    restarted = MppsOutbox(tmp_path / "mpps")  # read back from disk
     with MppsSCP() as ris:
-        deliver(outbox, "CT_TEST", peer(ris.port))
+        deliver(restarted, "CT_TEST", peer(ris.port))
         got = ris.step(STEP)
+    assert got.get_item(0x00100010).value == YAMADA
     got.decode()
-    assert str(got.PatientName) == "Müller^Jürgen"
+    assert str(got.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+
+def test_two_outboxes_on_one_folder_never_overwrite(tmp_path: Path) -> None:
+    a, b = MppsOutbox(tmp_path / "mpps"), MppsOutbox(tmp_path / "mpps")
+    a.put(N_CREATE, STEP, create())
+    b.put(N_SET, STEP, final())  # b still thinks number 1 is free
+    kinds = [m.kind for m in MppsOutbox(tmp_path / "mpps").pending() if isinstance(m, MppsMessage)]
+    assert kinds == [N_CREATE, N_SET]
+
+
+def test_a_repeated_final_n_set_whose_answer_was_lost_is_taken(tmp_path: Path) -> None:
+    """The RIS took N-SET COMPLETED, but the agent died before it could forget it: sent
+    again, the RIS answers 0110 (no longer updatable); that means it has it, not a refusal."""
+    outbox = MppsOutbox(tmp_path / "mpps")
+    with MppsSCP() as ris:
+        outbox.put(N_CREATE, STEP, create())
+        completed = outbox.put(N_SET, STEP, final())
+        assert deliver(outbox, "CT_TEST", peer(ris.port)).taken == 2
+        # the state a crash between the RIS's answer and outbox.done() leaves
+        outbox.put(N_SET, STEP, final())
+        (again,) = [m for m in outbox.pending() if isinstance(m, MppsMessage)]
+        outbox.mark_attempted(again)
+        result = deliver(MppsOutbox(tmp_path / "mpps"), "CT_TEST", peer(ris.port))
+        assert [m.status for m in ris.messages][-1] == 0x0110
+    assert result.taken == 1 and not result.set_aside and completed.number == 2
+
+
+def test_a_message_the_ris_keeps_choking_on_is_set_aside_after_some_attempts(
+    tmp_path: Path,
+) -> None:
+    outbox = MppsOutbox(tmp_path / "mpps")
+    other = STEP + ".2"
+    outbox.put(N_CREATE, STEP, create())
+    outbox.put(N_SET, STEP, final())
+    outbox.put(N_CREATE, other, create())
+    answer = {STEP: 0xA700}  # out of resources, for this step only
+    with MppsSCP(lambda kind, uid: answer.get(uid)) as ris:
+        rounds = [deliver(outbox, "CT_TEST", peer(ris.port)) for _ in range(MAX_ATTEMPTS)]
+        assert all(r.stopped is not None for r in rounds[:-1])
+        last = rounds[-1]
+        assert last.stopped is None and last.taken == 1 and list(ris.steps) == [other]
+    # the N-CREATE set aside, and with it the N-SET of the same step (it would be 0112)
+    assert len(last.set_aside) == 2 and "its N-CREATE failed" in last.set_aside[1]
+    assert outbox.count() == 0 and outbox.failed() == 2
+
+
+def test_a_message_that_cannot_be_sent_is_set_aside_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom raises for a data set it cannot encode: that message fails, the round and
+    the other steps go on."""
+    outbox = MppsOutbox(tmp_path / "mpps")
+    outbox.put(N_CREATE, STEP, create())
+    outbox.put(N_CREATE, STEP + ".2", create())
+    real = Association.send_n_create
+
+    def send(self: Association, ds: Dataset, class_uid: str, uid: str) -> Any:
+        if uid == STEP:
+            raise ValueError("cannot encode")
+        return real(self, ds, class_uid, uid)
+
+    monkeypatch.setattr(Association, "send_n_create", send)
+    with MppsSCP() as ris:
+        result = deliver(outbox, "CT_TEST", peer(ris.port))
+        assert list(ris.steps) == [STEP + ".2"]
+    assert result.taken == 1 and "cannot encode" in result.set_aside[0]

@@ -120,22 +120,26 @@ def _remove_if_stale(path: Path) -> None:
 _caller = threading.local()
 
 
-def peer_user(conn: socket.socket) -> str:
-    """The OS user on the other end of a Unix socket (SO_PEERCRED), for the audit trail."""
+def peer_uid(conn: socket.socket) -> int | None:
+    """The uid of the process on the other end of a Unix socket (SO_PEERCRED)."""
     try:
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        uid = struct.unpack("3i", creds)[1]
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
     except OSError:
+        return None
+    return int(struct.unpack("iII", creds)[1])
+
+
+def caller_user() -> str:
+    """In an operation, for the audit trail: the OS user who sent the request being served
+    (this thread serves one connection), resolved only when asked, since a directory service
+    behind the user database may be slow; "" if unknown."""
+    uid = getattr(_caller, "uid", None)
+    if uid is None:
         return ""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
-
-
-def caller_user() -> str:
-    """In an operation: the OS user who sent the request being served ("" if unknown)."""
-    return str(getattr(_caller, "user", ""))
 
 
 def _internal(op: str) -> OpError:
@@ -253,7 +257,7 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         buffer = LineBuffer()
-        _caller.user = peer_user(conn)  # this thread serves this connection only
+        _caller.uid = peer_uid(conn)  # this thread serves this connection only
         try:
             while data := conn.recv(65536):
                 try:

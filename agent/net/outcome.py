@@ -65,3 +65,35 @@ def store_verdict(status: int | None) -> Verdict:
             return Verdict(outcome, f"{reason} (0x{status:04X})", status)
     # Unknown failure codes: a person looks at it rather than a silent retry loop.
     return Verdict(Outcome.FAIL, f"failure status 0x{status:04X}", status)
+
+
+# N-CREATE / N-SET (PS3.7 Annex C, PS3.4 F.7.2): the statuses that differ from C-STORE's
+_N_EXACT: dict[int, tuple[Outcome, str]] = {
+    0x0001: (Outcome.OK, "warning: requested optional attributes are not supported"),
+    0x0105: (Outcome.FAIL, "no such attribute"),
+    0x0106: (Outcome.FAIL, "invalid attribute value"),
+    0x0110: (Outcome.FAIL, "processing failure: the step may no longer be updated"),
+    0x0112: (Outcome.FAIL, "no such SOP instance at the peer"),
+    0x0118: (Outcome.FAIL, "no such SOP class"),
+    0x0120: (Outcome.FAIL, "missing attribute"),
+    0x0121: (Outcome.FAIL, "missing attribute value"),
+}
+
+
+def n_service_verdict(operation: str, status: int | None, *, repeated: bool = False) -> Verdict:
+    """The outcome of one N-CREATE or N-SET (`operation`) from its status. `repeated`: the
+    same message was sent before, its answer lost; then a duplicate SOP instance (0111) on an
+    N-CREATE, or a step no longer updatable (0110) on an N-SET, means the peer has it (IHE
+    SWF)."""
+    if status is None:
+        return Verdict(Outcome.RETRY, "no response from the peer (timeout or abort)")
+    if status == 0x0111 and operation == "N-CREATE":
+        return Verdict(Outcome.OK, "the peer already has this instance (0x0111)", status)
+    if status == 0x0110 and operation == "N-CREATE":
+        return Verdict(Outcome.RETRY, "processing failure at the peer (0x0110)", status)
+    if status == 0x0110 and repeated:
+        return Verdict(Outcome.OK, "the peer had it already: the answer was lost (0x0110)", status)
+    if status in _N_EXACT:
+        outcome, reason = _N_EXACT[status]
+        return Verdict(outcome, f"{reason} (0x{status:04X})", status)
+    return store_verdict(status)

@@ -77,6 +77,13 @@ def write_durable(final: Path, data: bytes) -> None:
     final name never holds a partial file. os.rename replaces an existing `final`: the caller
     makes sure that never replaces an accepted file.
     """
+    write_in_place(final, data)
+    fsync_dir(final.parent)
+
+
+def write_in_place(final: Path, data: bytes) -> None:
+    """`write_durable` but for the folder fsync: the file's bytes are durable on return, its
+    name only once the caller has fsynced the folder (which may cover several files)."""
     tmp = temp_path(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -90,7 +97,6 @@ def write_durable(final: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(final.parent)
 
 
 def remove_durable(path: Path) -> None:
@@ -121,3 +127,60 @@ def move_aside(src: Path, dest_dir: Path) -> Path:
     os.unlink(src)
     fsync_dir(src.parent)
     return target
+
+
+def create_durable(final: Path, data: bytes) -> None:
+    """Like `write_durable`, but `final` must not exist: FileExistsError, nothing replaced.
+
+    The temporary file is published with link(), which fails on an existing name where
+    rename() would silently replace it (two writers choosing the same name)."""
+    tmp = temp_path(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, final)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(final.parent)
+
+
+def append_durable(path: Path, data: bytes) -> None:
+    """Append `data` to `path` (created with FILE_MODE) and fsync it. A short write is
+    continued; an error raises after whatever part was written (the caller repairs a torn
+    tail before its next append)."""
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:
+        fsync_dir(path.parent)
+
+
+def ends_with_newline(path: Path) -> bool:
+    """Whether `path` is empty or missing, or its last byte is a newline."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except FileNotFoundError:
+        return True
+
+
+def fsync_file(path: Path) -> None:
+    """fsync an existing file's data (e.g. one a crashed writer may have left unsynced)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
