@@ -212,6 +212,20 @@ def _load(args: argparse.Namespace) -> config.Config | None:
         return None
 
 
+def audit(args: argparse.Namespace) -> int:
+    return _call(args, "audit", {"last": args.last}, show=_show_audit)
+
+
+def _show_audit(doc: dict[str, Any]) -> int:
+    for r in doc["records"]:
+        who = " / ".join(x for x in (r["operator"], r["os_user"]) if x) or "-"
+        objects = " ".join(f"{k}={v}" for k, v in r["objects"].items())
+        print(f"{r['time']}  {r['action']:<18} {who:<24} {r['outcome']}  {objects}".rstrip())
+    if doc["damaged_lines"]:
+        print(f"damaged lines (torn by a crash?): {doc['damaged_lines']}")
+    return EXIT_OK
+
+
 def _call(
     args: argparse.Namespace,
     op: str,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import signal
 import threading
 from collections.abc import Callable, Iterable
@@ -20,15 +22,18 @@ from agent import sdnotify
 from agent.acquisition import Acquisition, Routing
 from agent.alarms import Alarms
 from agent.assignment import resume_assignments
+from agent.audit import AuditTrail
 from agent.config import Config
 from agent.control.server import ControlServer
 from agent.delivery import DestinationSender
 from agent.dicom.assembler import Assembler
 from agent.dicom.uids import UidFactory
+from agent.disk_space import SpaceLimits, SpoolSpace
 from agent.events import EventBus
 from agent.exam import Exam
 from agent.exam_book import ExamBook
 from agent.holding import Holding
+from agent.mpps.service import MppsService
 from agent.net.outcome import Outcome
 from agent.net.sender import SendResult
 from agent.operations import Operations
@@ -39,6 +44,7 @@ from hardware import open_driver
 from hardware.base import Driver, DriverError
 
 log = logging.getLogger(__name__)
+SPACE_CHECK_S = 30.0  # free space on the spool's disk is looked at this often
 
 
 class Daemon:
@@ -68,6 +74,13 @@ class Daemon:
         self.spool = Spool(cfg.agent.spool_dir)
         self._undo.append(self.spool.close)
         self._check_spool()
+        self.audit = AuditTrail(cfg.agent.spool_dir / "audit.log")
+        self.record("agent.start", os_user=_os_user())
+        self._undo.append(self._audit_stop)
+        limits = SpaceLimits(cfg.agent.spool_warn_free_mb, cfg.agent.spool_refuse_free_mb)
+        self.space = SpoolSpace(cfg.agent.spool_dir, limits, self.alarms)
+        self.space.check()
+        self._thread("disk", self._watch_space, lambda: None)
         self.book = ExamBook(cfg.agent.spool_dir / "exams.json")
         self.uids = UidFactory(cfg.agent.uid_root)
         self.holding = Holding(cfg.agent.spool_dir / "unassigned", self.uids)
@@ -114,6 +127,10 @@ class Daemon:
                 on_answer=self._worklist_answered,
             )
             self._thread("worklist", partial(self.worklist.run, self.stopping), self.worklist.wake)
+        self.mpps: MppsService | None = None
+        if cfg.mpps is not None:
+            self.mpps = MppsService(cfg, cfg.mpps, self.spool, self.alarms, self._changed)
+            self._thread("mpps", partial(self.mpps.run, self.stopping), self.mpps.wake)
         self.ops = Operations(self)
         self.control = ControlServer(
             cfg.agent.control_socket, self.ops.table(), self.bus, hello_info=self.ops.hello
@@ -266,6 +283,30 @@ class Daemon:
 
     def _accepted(self, item: SpooledInstance, exam: Exam) -> None:
         self.wake(self.route(exam).now)
+        if self.mpps is not None:
+            self.mpps.image_accepted(exam, item.record.series_instance_uid)
+
+    def _audit_stop(self) -> None:
+        self.record("agent.stop", os_user=_os_user())
+
+    def record(self, action: str, **details: Any) -> None:
+        """An audit record. One that cannot be written (a full disk) never stops the action
+        it records (an exam must not wait for its audit line): an alarm says it is missing."""
+        try:
+            self.audit.record(action, **details)
+        except OSError as e:
+            log.error("audit record %s not written: %s", action, e.strerror)
+            self.alarms.raise_("audit_failed", f"the audit trail cannot be written: {e.strerror}")
+        else:
+            self.alarms.clear("audit_failed")
+
+    def _watch_space(self) -> None:
+        while not self.stopping.wait(SPACE_CHECK_S):
+            self.space.check()
+
+    def _changed(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
 
     def _nothing_failed(self, destination: str) -> bool:
         """Checked only while the alarm is up: the spool query is not on every delivery."""
@@ -290,3 +331,10 @@ class Daemon:
                 "transfer_syntax": result.transfer_syntax_uid,
             },
         )
+
+
+def _os_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"

@@ -70,6 +70,8 @@ class Exam:
     frame_of_reference_uid: str  # one per exam unless the patient moved
     operator: str = ""
     destinations: tuple[str, ...] = field(default_factory=tuple)
+    # the MPPS SOP Instance UID (IHE SWF): reported to the RIS, referenced by every image
+    performed_procedure_step_uid: str = ""
 
 
 def open_exam(
@@ -93,4 +95,5 @@ def open_exam(
         frame_of_reference_uid=uids.new(),
         operator=operator,
         destinations=destinations,
+        performed_procedure_step_uid=uids.new(),
     )

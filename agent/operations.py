@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from agent import __version__
 from agent.assignment import assign_series
 from agent.control.protocol import OpError
+from agent.control.server import caller_user
 from agent.dicom import files, modules
 from agent.exam import Exam, Patient, Procedure, open_exam
 from agent.exam_book import ExamConflict, ExamEntry
@@ -64,6 +65,10 @@ class Operations:
                 self.worklist,
                 {"date", "patient_name", "accession", "sps_id", "cached"},
             ),
+            "alarm.acknowledge": (self.alarm_acknowledge, {"kind", "subject", "operator"}),
+            "operator.sign_in": (self.operator_event("operator.sign_in"), {"operator"}),
+            "operator.lock": (self.operator_event("operator.lock"), {"operator"}),
+            "audit": (self.audit, {"last"}),
         }
         return {name: _strict(op, allowed) for name, (op, allowed) in ops.items()}
 
@@ -87,6 +92,9 @@ class Operations:
             return self._exam_end(args)
 
     def _exam_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        refusal = self.d.space.refusal()
+        if refusal is not None:  # the scanner must stop before data could be lost (SPEC §5)
+            raise OpError("failed", f"no new exam: {refusal}")
         if self._from_worklist(args):
             patient, procedure = self._worklist_item(args).exam_parts()
         else:
@@ -113,6 +121,15 @@ class Operations:
             raise OpError("conflict", str(e)) from None
         self.d.driver.set_exam_token(exam.token)
         started = exam_json(ExamEntry(exam))
+        self.d.record(
+            "exam.start",
+            operator=exam.operator,
+            os_user=caller_user(),
+            token=exam.token,
+            study=exam.study_instance_uid,
+            accession=exam.procedure.accession_number,
+            patient_id=exam.patient.id,
+        )
         self.d.notify("exam.started", started)
         return {"exam": started, "warnings": warnings}
 
@@ -213,16 +230,33 @@ class Operations:
         reason = args.get("discontinue")
         if reason is not None and (not isinstance(reason, str) or not reason.strip()):
             raise OpError("bad_request", "discontinue: expected a non-empty reason")
+        current = self.d.book.current
+        if current is None:
+            raise OpError("conflict", "no exam is open")
+        ended = datetime.now(UTC)
+        if self.d.mpps is not None:  # its final N-SET is queued before the exam is closed
+            try:
+                self.d.mpps.exam_ended(current, ended.astimezone(), reason)
+            except OSError as e:
+                raise OpError("failed", f"the exam's MPPS cannot be queued: {e.strerror}") from e
         try:
-            entry = self.d.book.end(reason, datetime.now(UTC))
+            entry = self.d.book.end(reason, ended)
         except ExamConflict as e:
             raise OpError("conflict", str(e)) from None
+        self.d.record(
+            "exam.end",
+            operator=entry.exam.operator,
+            os_user=caller_user(),
+            outcome="discontinued: " + reason if reason else "success",
+            token=entry.exam.token,
+            study=entry.exam.study_instance_uid,
+        )
         if self.d.spool.release_deferred(entry.exam.token):
             self.d.wake(entry.exam.destinations)
         self.d.driver.set_exam_token(None)
-        ended = exam_json(entry)
-        self.d.notify("exam.ended", ended)
-        return {"exam": ended}
+        closed = exam_json(entry)
+        self.d.notify("exam.ended", closed)
+        return {"exam": closed}
 
     def exam_status(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -241,6 +275,14 @@ class Operations:
         operator = _string(args, "operator", 64) or "unknown"
         incomplete = _bool(args, "incomplete")
         entry = assign_series(self.d, series_uid, target, operator, incomplete=incomplete)
+        self.d.record(
+            "exam.assign",
+            operator=operator,
+            os_user=caller_user(),
+            series=series_uid,
+            token=entry.exam.token,
+            study=entry.exam.study_instance_uid,
+        )
         return {"series_instance_uid": series_uid, "exam": exam_json(entry)}
 
     # -- acquisition ----------------------------------------------------------------------
@@ -301,6 +343,11 @@ class Operations:
         for name, sender in self.d.senders.items():
             if dest in (None, name):
                 sender.retry_now()
+        if self.d.mpps is not None and dest is None:
+            self.d.mpps.retry_now()
+        self.d.record(
+            "retry", os_user=caller_user(), study=study or "all", destination=dest or "all"
+        )
         return {"rearmed": rearmed}
 
     def wait(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -321,6 +368,13 @@ class Operations:
             failed = [i for i in open_items if i["state"] == "failed"]
             if failed:
                 raise OpError("failed", f"{len(failed)} delivery(ies) failed", failed=failed)
+            mpps = doc.get("mpps")
+            if mpps is not None and self.d.alarms.is_active("mpps_refused"):
+                raise OpError(
+                    "failed", "the RIS refused MPPS message(s); see the alarms", mpps=mpps
+                )
+            if mpps is not None and mpps["pending"]:
+                open_items.append({"mpps": mpps["pending"], "state": "pending"})
             if not open_items:
                 return {"done": True}
             left = deadline - time.monotonic()
@@ -353,8 +407,45 @@ class Operations:
                 "slices_accepted": c.slices_accepted,
                 "slices_held": c.slices_held,
                 "bad_events": c.bad_events,
+                "irradiation_events": c.irradiation_events,
             },
+            "hardware": {
+                "driver": self.d.cfg.hardware.driver,
+                "counters": self.d.driver.counters(),  # what the link survived (SPEC §3)
+            },
+            "disk": {"free_mb": self.d.space.free_mb, "level": self.d.space.level.value},
         }
+
+    # -- people ---------------------------------------------------------------------------
+
+    def alarm_acknowledge(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The operator saw it: recorded; the alarm stays while its cause lasts."""
+        kind = _string(args, "kind", 64, required=True)
+        subject = _string(args, "subject", 128)
+        if not self.d.alarms.is_active(kind, subject):
+            raise OpError("not_found", f"no active alarm {kind} {subject}".rstrip())
+        operator = _string(args, "operator", 64)
+        self.d.record(
+            "alarm.acknowledge",
+            operator=operator,
+            os_user=caller_user(),
+            alarm=kind,
+            subject=subject,
+        )
+        return {"acknowledged": {"kind": kind, "subject": subject}}
+
+    def operator_event(self, action: str) -> Op:
+        def op(args: dict[str, Any]) -> dict[str, Any]:
+            operator = _string(args, "operator", 64, required=True)
+            self.d.record(action, operator=operator, os_user=caller_user())
+            return {}
+
+        return op
+
+    def audit(self, args: dict[str, Any]) -> dict[str, Any]:
+        last = _int(args, "last", 100, 1, 100000)
+        records, damaged = self.d.audit.read()
+        return {"records": records[-last:], "damaged_lines": damaged}
 
 
 # -- argument checks and JSON shapes -----------------------------------------------------

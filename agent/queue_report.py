@@ -57,4 +57,5 @@ def queue_document(d: Daemon) -> dict[str, Any]:
         ],
         "unassigned": [h.to_json() for h in d.holding.series()],
         "alarms": [a.to_json() for a in d.alarms.active()],
+        **({"mpps": d.mpps.status()} if d.mpps is not None else {}),
     }

@@ -10,6 +10,7 @@ be told to answer a status of the test's choosing (`answer`) to inject what a RI
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +34,6 @@ DUPLICATE_INSTANCE = 0x0111
 NO_SUCH_INSTANCE = 0x0112
 INVALID_ATTRIBUTE_VALUE = 0x0106
 MISSING_ATTRIBUTE = 0x0120
-# what an N-SET to COMPLETED or DISCONTINUED must carry (PS3.4 Table F.7.2-1, final state)
-REQUIRED_WHEN_FINAL = (
-    "PerformedProcedureStepEndDate",
-    "PerformedProcedureStepEndTime",
-    "PerformedSeriesSequence",
-)
 
 # (message "N-CREATE" or "N-SET", SOP Instance UID) -> a status to answer instead, or None
 Answer = Callable[[str, str], int | None]
@@ -137,7 +132,7 @@ class MppsSCP:
                     status = INVALID_ATTRIBUTE_VALUE
                 else:
                     status = SUCCESS
-                    self._steps[uid] = ds
+                    self._steps[uid] = copy.deepcopy(ds)  # the message stays as it came
             self._record("N-CREATE", uid, ds, status, event)
         return status, (ds if status == SUCCESS else None)
 
@@ -165,6 +160,14 @@ class MppsSCP:
 
 
 def _final_without_its_end(mods: Dataset) -> bool:
+    """What an N-SET to COMPLETED or DISCONTINUED must carry (PS3.4 F.7.2.2.4.1): end date
+    and time, and the Performed Series Sequence (empty only when nothing was acquired)."""
     if mods.get("PerformedProcedureStepStatus") not in FINAL:
         return False
-    return any(not mods.get(keyword) for keyword in REQUIRED_WHEN_FINAL)
+    if "PerformedSeriesSequence" not in mods:  # present; empty only for a step with no image
+        return True
+    if mods.PerformedProcedureStepStatus == "COMPLETED" and not mods.PerformedSeriesSequence:
+        return True
+    return not (
+        mods.get("PerformedProcedureStepEndDate") and mods.get("PerformedProcedureStepEndTime")
+    )

@@ -177,6 +177,8 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
         control_socket=_relative_to(source, a["control_socket"]),
         uid_root=a.get("uid_root"),
         listen_port=a.get("listen_port"),
+        spool_warn_free_mb=a.get("spool_warn_free_mb", 1000),
+        spool_refuse_free_mb=a.get("spool_refuse_free_mb", 200),
     )
     destinations = []
     for d in raw["destinations"]:
@@ -243,6 +245,15 @@ def semantic_problems(config: Config, raw: Mapping[str, Any]) -> list[tuple[str,
             UidFactory(config.agent.uid_root)
         except ValueError as e:
             found.append(("agent.uid_root", f"expected a valid organisation UID root: {e}"))
+    a = config.agent
+    if a.spool_refuse_free_mb > a.spool_warn_free_mb:
+        found.append(
+            (
+                "agent.spool_refuse_free_mb",
+                f"expected at most agent.spool_warn_free_mb ({a.spool_warn_free_mb}): the "
+                "warning comes before the refusal",
+            )
+        )
     seen: set[str] = set()
     for i, d in enumerate(config.destinations):
         here = f"destinations[{i}]"

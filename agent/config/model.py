@@ -14,6 +14,8 @@ class AgentSettings:
     control_socket: Path
     uid_root: str | None = None  # None: 2.25 UUID-derived UIDs
     listen_port: int | None = None
+    spool_warn_free_mb: int = 1000  # free space on the spool's disk: below, an alarm
+    spool_refuse_free_mb: int = 200  # below, new exams are refused
 
 
 @dataclass(frozen=True)

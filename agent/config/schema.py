@@ -197,6 +197,18 @@ SCHEMA: dict[str, Any] = {
                     "description": "organisation UID root; leaves room for unique suffixes",
                 },
                 "listen_port": PORT,
+                "spool_warn_free_mb": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "default": 1000,
+                    "description": "below this much free space on the spool's disk: an alarm",
+                },
+                "spool_refuse_free_mb": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "default": 200,
+                    "description": "below this: new exams are refused (at most the warning)",
+                },
             },
             "required": ["ae_title", "spool_dir", "control_socket"],
         },

@@ -96,11 +96,16 @@ class Assembler:
         """A new series of `exam`, with its own Series Instance UID.
 
         `series_number` overrides the hardware's (e.g. to keep numbers unique in the exam);
-        `performed_procedure_step_uid` (the MPPS SOP Instance UID) is referenced from every image.
+        `performed_procedure_step_uid` (the MPPS SOP Instance UID; default the exam's) is
+        referenced from every image.
         A series whose token is not the exam's raises `TokenMismatch`, unless a person assigned
         it (`reassigned=True`, SPEC §3); a held series keeps the `series_instance_uid` it was
         shown under. Inconsistent geometry or invalid UIDs raise ValueError.
         """
+        # the exam's step by default: every image names the MPPS that reports it (IHE SWF)
+        performed_procedure_step_uid = (
+            performed_procedure_step_uid or exam.performed_procedure_step_uid or None
+        )
         if start.token != exam.token and not reassigned:
             raise TokenMismatch(
                 f"series {start.series_key!r} was acquired under token {start.token!r}, "

@@ -404,13 +404,20 @@ def sop_common(ds: Dataset, *, sop_instance_uid: str, created: datetime) -> None
     ds.InstanceCreationDate = da(created)
     ds.InstanceCreationTime = tm(created)
     ds.TimezoneOffsetFromUTC = utc_offset(created)
-    if "SpecificCharacterSet" in ds:  # the worklist's: our own text is fitted into it
+    settle_character_set(ds)
+
+
+def settle_character_set(ds: Dataset) -> None:
+    """Call once every text value is in `ds` (an image, an MPPS message): the worklist's
+    Specific Character Set, our own text fitted into it; without one, UTF-8 when any text is
+    not ASCII (any name survives, and ASCII is UTF-8)."""
+    if "SpecificCharacterSet" in ds:
         fit_text(ds, character_set(ds))
     elif any(
         e.VR in _TEXT_VRS and not all(str(v).isascii() for v in _values(e.value))
         for e in ds.iterall()
     ):
-        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: any name survives (ASCII is UTF-8)
+        ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def character_set(ds: Dataset) -> tuple[str, ...]:
