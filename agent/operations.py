@@ -400,6 +400,7 @@ class Operations:
 
     def status(self, args: dict[str, Any]) -> dict[str, Any]:
         c = self.d.acquisition.counts
+        self.d.space.check()  # afresh: a statvfs, cheap; the alarm follows at once
         return {
             "exam": self._current_json(),
             "alarms": [a.to_json() for a in self.d.alarms.active()],
