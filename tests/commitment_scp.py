@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from types import TracebackType
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.transport import ThreadedAssociationServer
 
 from agent.dicom.uids import UidFactory
-from agent.net.association import set_nodelay
 from agent.net.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE
+from tests.loopback_scp import LoopbackScp
 
 
 @dataclass
@@ -35,56 +33,32 @@ class Behaviour:
     never: bool = False
 
 
-class CommitmentScp:
+class CommitmentScp(LoopbackScp):
     """`with CommitmentScp(Behaviour(...)) as scp:` listens on `scp.port` as ARCHIVE."""
 
     def __init__(self, behaviour: Behaviour, ae_title: str = "ARCHIVE") -> None:
+        super().__init__()
         self.behaviour = behaviour
         self.ae_title = ae_title
         self.actions: list[Dataset] = []  # every N-ACTION's Action Information
         self.answers: list[int | None] = []  # the agent's status per report; None: no answer
         self._done = threading.Condition()
-        self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
         self._threads: list[threading.Thread] = []
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the SCP is not running"
-        return int(self._server.server_address[1])
 
     def wait_answers(self, count: int, timeout: float) -> bool:
         with self._done:
             return self._done.wait_for(lambda: len(self.answers) >= count, timeout)
 
-    def start(self) -> CommitmentScp:
-        ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context(PUSH_MODEL)
-        handlers: list[evt.EventHandlerType] = [
-            (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_N_ACTION, self._on_action),
-        ]
-        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        self._ae = ae
-        return self
+    def contexts(self) -> list[tuple[str, list[str] | None]]:
+        return [(PUSH_MODEL, None)]
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [(evt.EVT_N_ACTION, self._on_action)]
 
     def stop(self) -> None:
-        for t in self._threads:
+        for t in self._threads:  # reports still being sent
             t.join(30)
-        if self._ae is not None:
-            self._ae.shutdown()
-        self._ae = self._server = None
-
-    def __enter__(self) -> CommitmentScp:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().stop()
 
     def _on_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
         info = event.action_information

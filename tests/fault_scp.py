@@ -16,13 +16,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.transport import ThreadedAssociationServer
 
-from agent.net.association import set_nodelay
+from tests.loopback_scp import LoopbackScp
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SYNTAXES = (
@@ -57,7 +55,7 @@ class Received:
     status: int | None  # NO_RESPONSE when it never answered
 
 
-class FaultSCP:
+class FaultSCP(LoopbackScp):
     """`with FaultSCP(by_instance({2: 0xA700})) as scp:` listens on `scp.port` (loopback).
 
     `answer` may be replaced while it runs, e.g. to let a retry succeed."""
@@ -69,6 +67,7 @@ class FaultSCP:
         ae_title: str = "ARCHIVE",
         hang_limit_s: float = 60.0,
     ) -> None:
+        super().__init__()
         self.answer: Answer = answer or always(0x0000)
         self.ae_title = ae_title
         self.hang_limit_s = hang_limit_s
@@ -76,13 +75,6 @@ class FaultSCP:
         self._associations = 0
         self._received: list[Received] = []
         self._closed: dict[int, threading.Event] = {}  # per association: connection closed
-        self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the SCP is not running"
-        return int(self._server.server_address[1])
 
     @property
     def associations(self) -> int:
@@ -103,39 +95,21 @@ class FaultSCP:
             if r.status is not None and (r.status == 0 or 0xB000 <= r.status <= 0xBFFF)
         }
 
-    def start(self) -> None:
-        ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context("1.2.840.10008.1.1")  # Verification
-        ae.add_supported_context(CT_IMAGE_STORAGE, list(SYNTAXES))
-        handlers: list[evt.EventHandlerType] = [
-            (evt.EVT_CONN_OPEN, set_nodelay),
+    def contexts(self) -> list[tuple[str, list[str] | None]]:
+        return [("1.2.840.10008.1.1", None), (CT_IMAGE_STORAGE, list(SYNTAXES))]
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        # port 0: the kernel picks a free one, no race with another test
-        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        self._ae = ae
 
     def stop(self) -> None:
         with self._lock:  # release any held C-STORE first, or the shutdown waits on it
             for closed in self._closed.values():
                 closed.set()
-        if self._ae is not None:
-            self._ae.shutdown()
-        self._ae = self._server = None
-
-    def __enter__(self) -> FaultSCP:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().stop()
 
     def _closed_event(self, assoc: Association) -> threading.Event:
         with self._lock:

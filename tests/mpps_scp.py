@@ -14,14 +14,12 @@ import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import N_CREATE, N_SET
-from pynetdicom.transport import ThreadedAssociationServer
 
-from agent.net.association import set_nodelay
+from tests.loopback_scp import LoopbackScp
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -50,22 +48,17 @@ class Message:
     calling_ae: str
 
 
-class MppsSCP:
-    """`with MppsSCP() as ris:` listens on `ris.port` (loopback, a free port)."""
+class MppsSCP(LoopbackScp):
+    """`with MppsSCP() as ris:` listens on `ris.port` (loopback, a free port); a restarted
+    RIS may listen on its old port again (`start(port)`)."""
 
     def __init__(self, answer: Answer | None = None, *, ae_title: str = "RIS") -> None:
+        super().__init__()
         self.answer: Answer = answer or (lambda kind, uid: None)
         self.ae_title = ae_title
         self._lock = threading.Lock()
         self._messages: list[Message] = []
         self._steps: dict[str, Dataset] = {}  # SOP Instance UID -> the step as it is now
-        self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the SCP is not running"
-        return int(self._server.server_address[1])
 
     @property
     def messages(self) -> list[Message]:
@@ -82,35 +75,11 @@ class MppsSCP:
         with self._lock:
             return dict(self._steps)
 
-    def start(self, port: int = 0) -> None:
-        """Listen on `port` (0: one the kernel picks); a restarted RIS may reuse its old port."""
-        ae = AE(ae_title=self.ae_title)
-        ae.add_supported_context(MPPS)
-        ae.add_supported_context(VERIFICATION)
-        handlers: list[evt.EventHandlerType] = [
-            (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_N_CREATE, self._on_create),
-            (evt.EVT_N_SET, self._on_set),
-        ]
-        self._server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
-        self._ae = ae
+    def contexts(self) -> list[tuple[str, list[str] | None]]:
+        return [(MPPS, None), (VERIFICATION, None)]
 
-    def stop(self) -> None:
-        if self._ae is not None:
-            self._ae.shutdown()
-        self._ae = self._server = None
-
-    def __enter__(self) -> MppsSCP:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [(evt.EVT_N_CREATE, self._on_create), (evt.EVT_N_SET, self._on_set)]
 
     def _record(self, kind: str, uid: str, ds: Dataset, status: int, event: evt.Event) -> None:
         calling = event.assoc.requestor.ae_title
