@@ -27,8 +27,9 @@ def test_ingest_bench_runs_and_prints_its_json(tmp_path: Path) -> None:
     assert report["config"]["rows"] == report["config"]["columns"] == 32
     assert [r["slices"] for r in report["runs"]] == [6, 12]
     for run in report["runs"]:
-        for key in ("seconds", "slices_per_s", "pixel_mb_per_s", "stored_mb_per_s"):
-            assert run[key] > 0
+        assert run["seconds"] > 0
+        for key in ("slices_per_s", "pixel_mb_per_s", "stored_mb_per_s"):
+            assert isinstance(run[key], float) and run[key] >= 0  # rounded: tiny runs give 0.0
         assert run["memory_mb"]["peak_rss"] > 0
         assert run["device"]["idle"] is True
         assert run["device"]["releases"] == run["slices"]  # every slot released after durable
