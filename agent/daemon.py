@@ -23,6 +23,7 @@ from agent.acquisition import Acquisition, Routing
 from agent.alarms import Alarms
 from agent.assignment import resume_assignments
 from agent.audit import AuditTrail
+from agent.commitment.service import CommitmentService
 from agent.config import Config
 from agent.control.server import ControlServer
 from agent.delivery import DestinationSender
@@ -35,6 +36,7 @@ from agent.exam_book import ExamBook
 from agent.holding import Holding
 from agent.mpps.service import MppsService
 from agent.net.outcome import Outcome
+from agent.net.scp import AgentScp, ScpSettings
 from agent.net.sender import SendResult
 from agent.operations import Operations
 from agent.spool import DeliveryState, Spool, SpooledInstance
@@ -127,6 +129,7 @@ class Daemon:
                 on_answer=self._worklist_answered,
             )
             self._thread("worklist", partial(self.worklist.run, self.stopping), self.worklist.wake)
+        self._start_commitment()
         self.mpps: MppsService | None = None
         if cfg.mpps is not None:
             self.mpps = MppsService(cfg, cfg.mpps, self.spool, self.alarms, self._changed)
@@ -141,6 +144,35 @@ class Daemon:
         log.info(
             "modality-agent ready (AE %s, %s hardware)", cfg.agent.ae_title, cfg.hardware.driver
         )
+
+    def _start_commitment(self) -> None:
+        """Storage commitment requests for the destinations that want them, and our SCP
+        (listen_port), where reports on a new association and C-ECHOs arrive."""
+        cfg = self.cfg
+        self.commitment = CommitmentService(
+            cfg, self.spool, self.uids, self.alarms, self._changed, self._resend
+        )
+        if self.commitment.destinations:
+            self._thread(
+                "commitment", partial(self.commitment.run, self.stopping), self.commitment.wake
+            )
+        if cfg.agent.listen_port is None:
+            return
+        settings = ScpSettings(
+            cfg.agent.ae_title,
+            cfg.agent.listen_port,
+            self.commitment.allowed_peers(),
+            host=cfg.agent.listen_host,
+            tls=cfg.agent.tls,
+            max_associations=cfg.agent.scp_max_associations,
+        )
+        self.scp = AgentScp(settings, self.commitment.book).start()
+        self._undo.append(self.scp.stop)
+
+    def _resend(self, destination: str) -> None:
+        sender = self.senders.get(destination)
+        if sender is not None:
+            sender.retry_now()
 
     def _check_spool(self) -> None:
         """What recovery found is shown, and a damaged instance fails instead of waiting."""

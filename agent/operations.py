@@ -363,7 +363,7 @@ class Operations:
                 }
                 for s in doc["studies"]
                 for d in s["destinations"]
-                if d["state"] not in ("delivered", "committed")
+                if d["state"] not in self._done_states(d["name"])
             ]
             failed = [i for i in open_items if i["state"] == "failed"]
             if failed:
@@ -382,6 +382,11 @@ class Operations:
                 raise OpError("timeout", f"not done after {timeout:g} s", open=open_items)
             with self.d.changed:
                 self.d.changed.wait(min(left, 1.0))
+
+    def _done_states(self, destination: str) -> tuple[str, ...]:
+        """Where `wait` may stop: committed, for a destination that commits (SPEC §8)."""
+        wants = self.d.commitment.destinations
+        return ("committed",) if destination in wants else ("delivered", "committed")
 
     def echo(self, args: dict[str, Any]) -> dict[str, Any]:
         cfg = self.d.cfg

@@ -31,6 +31,8 @@ class Behaviour:
     wrong_transaction: bool = False
     reporter_ae: str = "ARCHIVE"  # calling AE title of the reporting association
     never: bool = False
+    fail_once: bool = False  # each instance in `failed` fails in the first report only
+    fail_first: int = 0  # so many instances of the first request fail (0x0110), once
 
 
 class CommitmentScp(LoopbackScp):
@@ -38,6 +40,7 @@ class CommitmentScp(LoopbackScp):
 
     def __init__(self, behaviour: Behaviour, ae_title: str = "ARCHIVE") -> None:
         super().__init__()
+        self._failed_first = False
         self.behaviour = behaviour
         self.ae_title = ae_title
         self.actions: list[Dataset] = []  # every N-ACTION's Action Information
@@ -91,11 +94,17 @@ class CommitmentScp(LoopbackScp):
         ds = Dataset()
         ds.TransactionUID = UidFactory().new() if b.wrong_transaction else info.TransactionUID
         ok, failed = [], []
+        if b.fail_first and not self._failed_first:
+            self._failed_first = True
+            for ref in list(info.ReferencedSOPSequence)[: b.fail_first]:
+                b.failed[str(ref.ReferencedSOPInstanceUID)] = 0x0110
+                b.fail_once = True
         for ref in info.ReferencedSOPSequence:
             item = Dataset()
             item.ReferencedSOPClassUID = ref.ReferencedSOPClassUID
             item.ReferencedSOPInstanceUID = ref.ReferencedSOPInstanceUID
-            reason = b.failed.get(str(ref.ReferencedSOPInstanceUID))
+            uid = str(ref.ReferencedSOPInstanceUID)
+            reason = b.failed.pop(uid, None) if b.fail_once else b.failed.get(uid)
             if reason is None:
                 ok.append(item)
             else:

@@ -5,8 +5,6 @@ Transaction UID, a report from an AE title nobody configured, no report at all."
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +35,8 @@ from agent.net.scp import AgentScp, AllowedPeer, ScpSettings
 from agent.net.sender import send_batch
 from tests import factory
 from tests.commitment_scp import Behaviour, CommitmentScp
-from tests.peers import CT_IMAGE_STORAGE, free_port, require, wait_port
+from tests.orthanc import orthanc as run_orthanc
+from tests.peers import CT_IMAGE_STORAGE, free_port
 from tests.test_tls import outgoing
 
 US = "CT_TEST"
@@ -245,47 +244,9 @@ def test_parse_report_refuses_what_is_not_a_result() -> None:
 @pytest.fixture
 def orthanc(tmp_path: Path, our_scp: AgentScp) -> Iterator[int]:
     """Orthanc on a free loopback port, with the agent (our SCP) in its DicomModalities."""
-    (binary,) = require("Orthanc")
-    port = free_port()
-    config = {
-        "Name": "modality-agent tests",
-        "StorageDirectory": str(tmp_path / "orthanc"),
-        "IndexDirectory": str(tmp_path / "orthanc"),
-        "Plugins": [],
-        "HttpServerEnabled": False,
-        "HttpPort": free_port(),
-        "RemoteAccessAllowed": False,
-        "DicomServerEnabled": True,
-        "DicomAet": "ORTHANC",
-        "DicomPort": port,
-        "DicomCheckCalledAet": True,
-        "DicomAssociationCloseDelay": 0,
-        "DicomScuTimeout": 10,
-        "DicomModalities": {
-            "agent": {
-                "AET": US,
-                "Host": "127.0.0.1",
-                "Port": our_scp.port,
-                "AllowStorageCommitment": True,
-            }
-        },
-        "SaveJobs": False,
-    }
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    with open(tmp_path / "orthanc.log", "wb") as log:
-        proc = subprocess.Popen(
-            [binary, str(tmp_path / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            wait_port(port, proc, timeout=60)
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    agent = {"AET": US, "Host": "127.0.0.1", "Port": our_scp.port, "AllowStorageCommitment": True}
+    with run_orthanc(tmp_path / "orthanc", DicomModalities={"agent": agent}) as port:
+        yield port
 
 
 def test_orthanc_commits_what_it_holds_and_reports_on_a_new_association(

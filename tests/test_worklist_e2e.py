@@ -5,7 +5,6 @@ storescp; the archived images carry the item's values byte for byte and pass dci
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,7 +14,9 @@ import pytest
 
 from tests import test_worklist as wl
 from tests.agent_process import Agent, Dest, write_config
-from tests.peers import VALIDATE_DICOM, free_port, require, storescp, wait_port
+from tests.orthanc import orthanc as run_orthanc
+from tests.orthanc import plugin
+from tests.peers import VALIDATE_DICOM, require, storescp
 
 PN, LO = 0x00100010, 0x00081030
 
@@ -194,43 +195,17 @@ def test_a_config_value_the_item_set_cannot_hold(tmp_path: Path, stack: ExitStac
 
 
 def orthanc(tmp_path: Path, stack: ExitStack) -> int:
-    binary = shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
-    )
-    if binary is None:
-        pytest.skip("Orthanc not installed (Debian package orthanc)")
-    plugin = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
-    if not plugin.exists():
-        pytest.skip("Orthanc's ModalityWorklists plugin not found")
     folder = tmp_path / "orthanc"
     wl.write_items(folder / "worklists", wl.CHARSET_ITEMS)
-    port = free_port()
-    config = {
-        "Name": "test",
-        "StorageDirectory": str(folder / "db"),
-        "IndexDirectory": str(folder / "db"),
-        "DicomAet": "ORTHANC",
-        "DicomPort": port,
-        "HttpServerEnabled": False,
-        "HttpPort": free_port(),
-        "RemoteAccessAllowed": False,
-        "DefaultEncoding": "Utf8",
-        "DicomModalities": {"console": ["CT_TEST", "127.0.0.1", 104]},
-        "Plugins": [str(plugin)],
-        "Worklists": {"Enable": True, "Database": str(folder / "worklists")},
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=log)
-
-    def stop() -> None:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-
-    stack.callback(stop)
-    wait_port(port, proc, timeout=30)
-    return port
+    return stack.enter_context(
+        run_orthanc(
+            folder,
+            DefaultEncoding="Utf8",
+            DicomModalities={"console": ["CT_TEST", "127.0.0.1", 104]},
+            Plugins=[str(plugin("ModalityWorklists"))],
+            Worklists={"Enable": True, "Database": str(folder / "worklists")},
+        )
+    )
 
 
 def test_orthanc_worklist_to_archive(tmp_path: Path, stack: ExitStack) -> None:

@@ -9,6 +9,7 @@ from agent.config.model import (
     HardwareSettings,
     Peer,
     TlsSettings,
+    TuiSettings,
     WorklistSettings,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "Peer",
     "Problem",
     "TlsSettings",
+    "TuiSettings",
     "WorklistSettings",
     "from_mapping",
     "load",

@@ -19,6 +19,7 @@ from agent.config.model import (
     HardwareSettings,
     Peer,
     TlsSettings,
+    TuiSettings,
     WorklistSettings,
 )
 from agent.config.schema import SCHEMA
@@ -179,6 +180,9 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
         listen_port=a.get("listen_port"),
         spool_warn_free_mb=a.get("spool_warn_free_mb", 1000),
         spool_refuse_free_mb=a.get("spool_refuse_free_mb", 200),
+        listen_host=a.get("listen_host", ""),
+        scp_max_associations=a.get("scp_max_associations", 4),
+        tls=_tls(source, a.get("tls")),
     )
     destinations = []
     for d in raw["destinations"]:
@@ -196,6 +200,10 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
                 name=d["name"],
                 transfer_syntaxes=tuple(syntaxes),
                 storage_commitment=d.get("storage_commitment", False),
+                commitment_timeout_s=float(d.get("commitment_timeout", 3600)),
+                commitment_report_ae_titles=tuple(
+                    t.strip() for t in d.get("commitment_report_ae_titles", [])
+                ),
                 send_while_scanning=d.get("send_while_scanning", True),
                 default=d.get("default", False),
                 max_pdu=d.get("max_pdu", 131072),
@@ -216,6 +224,9 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
         destinations=tuple(destinations),
         worklist=_worklist(source, raw["worklist"], agent) if "worklist" in raw else None,
         mpps=Peer(**_peer_args(source, raw["mpps"])) if "mpps" in raw else None,
+        tui=TuiSettings(
+            idle_lock_minutes=float(raw.get("tui", {}).get("idle_lock_minutes", 10)),
+        ),
     )
 
 
@@ -265,13 +276,6 @@ def semantic_problems(config: Config, raw: Mapping[str, Any]) -> list[tuple[str,
                 resolve(name)
             except ValueError as e:
                 found.append((f"{here}.transfer_syntaxes[{j}]", f"expected a transfer syntax: {e}"))
-        if d.storage_commitment:
-            found.append(
-                (
-                    f"{here}.storage_commitment",
-                    "expected false: storage commitment is not available in this version yet",
-                )
-            )
         if d.storage_commitment and config.agent.listen_port is None:
             found.append(
                 (

@@ -8,6 +8,14 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = False
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     ae_title: str
     spool_dir: Path
@@ -16,6 +24,9 @@ class AgentSettings:
     listen_port: int | None = None
     spool_warn_free_mb: int = 1000  # free space on the spool's disk: below, an alarm
     spool_refuse_free_mb: int = 200  # below, new exams are refused
+    listen_host: str = ""  # the address our SCP listens on; "": every interface
+    scp_max_associations: int = 4  # our SCP (listen_port): associations served at once
+    tls: TlsSettings | None = None  # our SCP's certificate (with ca_file: mutual TLS)
 
 
 @dataclass(frozen=True)
@@ -34,14 +45,6 @@ class Equipment:
 class HardwareSettings:
     driver: str  # "mock", "serial-shm", "directory"
     options: dict[str, Any] = field(default_factory=dict)  # the driver's own keys
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    check_hostname: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Destination(Peer):
     name: str = ""
     transfer_syntaxes: tuple[str, ...] = ()  # UIDs, in order of preference
     storage_commitment: bool = False
+    commitment_timeout_s: float = 3600.0  # waiting for the report; then asked again
+    commitment_report_ae_titles: tuple[str, ...] = ()  # who else may report for it
     send_while_scanning: bool = True
     default: bool = False
     max_pdu: int = 131072
@@ -87,6 +92,13 @@ class WorklistSettings(Peer):
 
 
 @dataclass(frozen=True)
+class TuiSettings:
+    """The technologist's terminal UI (`modality-agent tui`); it reads the same file."""
+
+    idle_lock_minutes: float = 10.0  # without a key for this long, the screen locks
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path  # the file it was read from, for messages
     agent: AgentSettings
@@ -95,6 +107,7 @@ class Config:
     destinations: tuple[Destination, ...]
     worklist: WorklistSettings | None = None
     mpps: Peer | None = None
+    tui: TuiSettings = field(default_factory=TuiSettings)
 
     def destination(self, name: str) -> Destination:
         for d in self.destinations:

@@ -34,6 +34,17 @@ TLS: dict[str, Any] = {
     "dependentRequired": {"cert_file": ["key_file"], "key_file": ["cert_file"]},
 }
 
+SERVER_TLS: dict[str, Any] = {  # our SCP's: our certificate; with ca_file, mutual TLS
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "cert_file": {**PATH, "description": "our certificate (PEM)"},
+        "key_file": {**PATH, "description": "its private key"},
+        "ca_file": {**PATH, "description": "peers must present a certificate from this CA"},
+    },
+    "required": ["cert_file", "key_file"],
+}
+
 PEER_PROPERTIES: dict[str, Any] = {
     "ae_title": AE_TITLE,
     "host": HOST,
@@ -69,6 +80,17 @@ DESTINATION: dict[str, Any] = {
             "description": "UIDs or pydicom keywords, in order of preference",
         },
         "storage_commitment": {"type": "boolean", "default": False},
+        "commitment_timeout": {
+            **SECONDS,
+            "default": 3600,
+            "description": "how long to wait for the archive's commitment report",
+        },
+        "commitment_report_ae_titles": {
+            "type": "array",
+            "uniqueItems": True,
+            "items": AE_TITLE,
+            "description": "other AE titles that may send this archive's commitment reports",
+        },
         "send_while_scanning": {"type": "boolean", "default": True},
         "default": {"type": "boolean", "default": False},
         "max_pdu": {"type": "integer", "minimum": 4096, "maximum": 4194304, "default": 131072},
@@ -197,6 +219,18 @@ SCHEMA: dict[str, Any] = {
                     "description": "organisation UID root; leaves room for unique suffixes",
                 },
                 "listen_port": PORT,
+                "listen_host": {
+                    **HOST,
+                    "description": "the address our SCP listens on (default: every interface)",
+                },
+                "scp_max_associations": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 64,
+                    "default": 4,
+                    "description": "associations our SCP serves at once",
+                },
+                "tls": SERVER_TLS,
                 "spool_warn_free_mb": {
                     "type": "integer",
                     "minimum": 0,
@@ -238,6 +272,19 @@ SCHEMA: dict[str, Any] = {
         "worklist": WORKLIST,
         "mpps": PEER,
         "destinations": {"type": "array", "minItems": 1, "items": DESTINATION},
+        "tui": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "idle_lock_minutes": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 1440,
+                    "default": 10,
+                    "description": "minutes without a key before the TUI locks (asks the name)",
+                },
+            },
+        },
     },
     "required": ["agent", "equipment", "hardware", "destinations"],
 }

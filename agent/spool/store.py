@@ -322,6 +322,53 @@ class Spool:
             {"now": self._clock(), "error": error},
         )
 
+    # -- storage commitment of delivered instances (agent.commitment) -------------------
+
+    def mark_commitment_requested(
+        self, sop_uids: Iterable[str], destination: str, transaction_uid: str
+    ) -> int:
+        """delivered, not committed -> commitment requested under `transaction_uid`."""
+        check_uid(transaction_uid, "Transaction UID")
+        return self._index.transition(
+            _uids(sop_uids),
+            destination,
+            ("delivered",),
+            "commitment = 'requested', commitment_txn = :txn",
+            {"now": self._clock(), "txn": transaction_uid},
+        )
+
+    def mark_committed(self, sop_uids: Iterable[str], destination: str) -> int:
+        """The archive committed to keeping them: `queue` says committed once all are."""
+        return self._index.transition(
+            _uids(sop_uids),
+            destination,
+            ("delivered",),
+            "commitment = 'committed', committed_at = :now",
+            {"now": self._clock()},
+        )
+
+    def forget_commitment(self, sop_uids: Iterable[str], destination: str) -> int:
+        """No answer to the request: they are asked for again, in a new request."""
+        return self._index.transition(
+            _uids(sop_uids),
+            destination,
+            ("delivered",),
+            "commitment = NULL, commitment_txn = NULL",
+            {"now": self._clock()},
+        )
+
+    def resend(self, sop_uids: Iterable[str], destination: str, error: str) -> int:
+        """delivered -> pending: the archive reported it does not keep them (commitment
+        failed); they are sent again, then asked for again."""
+        return self._index.transition(
+            _uids(sop_uids),
+            destination,
+            ("delivered",),
+            "state = 'pending', attempts = 0, next_attempt = :now, last_error = :error,"
+            " commitment = NULL, commitment_txn = NULL",
+            {"now": self._clock(), "error": error},
+        )
+
     def release_deferred(self, exam_token: str) -> int:
         """The exam ended: its deferred deliveries become pending now (one transaction)."""
         return self._index.release_deferred(exam_token, self._clock())
