@@ -1,6 +1,13 @@
 """Driver events -> CT Image instances -> spool. A slice is released to the hardware only once
 it is durable (in the spool, or held), so a slow agent makes the hardware wait.
 
+Slices are pipelined: while up to `in_flight` slices are being made durable by worker threads
+(file, fsyncs, index commit), the next one is read and assembled. Each worker releases its own
+slice as soon as that slice is durable, in whatever order they finish (drivers take releases in
+any order: PROTOCOL.md §9.5 for serial-shm). Every other event waits until each slice taken
+before it is durable (a series end is handled only once all its slices are), and `poll` returns
+with nothing in flight, so outside it every event taken is handled or pending.
+
 Nothing taken from the driver is dropped. An event whose handling fails for a reason that may
 pass (OSError, e.g. a full disk) stays pending and is retried with backoff before the driver is
 read again; a slice that can never be filed (it fails assembly or validation, or its series
@@ -13,7 +20,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +30,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from agent.alarms import Alarms
-from agent.dicom import files
-from agent.dicom.assembler import Assembler, Series
+from agent.dicom.assembler import Assembler, ImageFile, Series
 from agent.exam import Exam
 from agent.faults import TRANSIENT, describe
 from agent.holding import START_NOT_SEEN, UNKNOWN_TOKEN, HeldSeries, Holding
@@ -57,6 +65,22 @@ def instance_record(ds: Dataset, exam_token: str | None = None) -> InstanceRecor
     )
 
 
+def file_record(image: ImageFile, exam_token: str | None = None) -> InstanceRecord:
+    """What the spool indexes of an encoded instance."""
+    return InstanceRecord(
+        sop_instance_uid=image.sop_instance_uid,
+        sop_class_uid=image.sop_class_uid,
+        study_instance_uid=image.study_instance_uid,
+        series_instance_uid=image.series_instance_uid,
+        transfer_syntax_uid=image.transfer_syntax_uid,
+        instance_number=image.instance_number,
+        exam_token=exam_token,
+    )
+
+
+IN_FLIGHT = 4  # slices made durable at once (each holds its encoded file, ~0.5 MB, meanwhile)
+
+
 @dataclass
 class AcquisitionCounts:
     series_started: int = 0
@@ -83,11 +107,25 @@ def _send_everywhere_now(exam: Exam) -> Routing:
     return Routing(exam.destinations)
 
 
+@dataclass
+class _Job:
+    """A slice handed to a worker, which makes it durable and then releases it."""
+
+    event: SliceReady
+    series: Series
+    record: InstanceRecord
+    data: bytes | None  # dropped once durable
+    routing: Routing
+    spooled: SpooledInstance | None = None  # set once durable in the spool
+    error: Exception | None = None  # what stopped the worker (before or after `spooled`)
+
+
 class Acquisition:
     """`series_dir` keeps the open series (default: `<spool root>/series`), `holding` what
     cannot be filed (default: `<spool root>/unassigned`), `irradiation` the dose records
     (default: `<spool root>/irradiation`); `retry` paces the retries of an event that could not
-    be made durable."""
+    be made durable; `in_flight` bounds the slices being made durable at once (1: none
+    pipelined)."""
 
     def __init__(
         self,
@@ -104,6 +142,7 @@ class Acquisition:
         series_dir: Path | None = None,
         retry: Backoff | None = None,
         irradiation: IrradiationRecords | None = None,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self.driver = driver
         self.assembler = assembler
@@ -120,41 +159,171 @@ class Acquisition:
         self._lock = threading.RLock()  # one event, or one hand-over of a held series, at a time
         self._open = OpenSeries(series_dir or spool.root / "series", spool)
         self._open.load(exam_for_token)
-        self._pending: Event | None = None
+        self._pending: deque[Event] = deque()  # in the order taken; the first retried first
         self._failures = 0
         self._retry_at = 0.0
+        self._in_flight = max(1, in_flight)
+        self._workers: ThreadPoolExecutor | None = None
+        self._jobs: dict[tuple[str, int], tuple[_Job, Future[None]]] = {}  # in submission order
+        self._link_error: DriverError | None = None  # met by a worker; raised by poll
 
     @property
     def pending(self) -> Event | None:
-        """The event that could not be handled yet; retried before the driver is read again."""
-        return self._pending
+        """The first event that could not be handled yet (others may wait behind it); pending
+        events are retried, in order, before the driver is read again."""
+        return self._pending[0] if self._pending else None
 
     def poll(self, timeout: float) -> Event | None:
-        """Handle the pending event once its retry is due, else the next driver event (waiting
-        up to `timeout` s). Returns the event handled, None when none was. Raises only the
-        driver's DriverError (the event is kept, for after the reconnection)."""
-        event = self._pending
-        if event is None:
-            event = self.driver.read_event(timeout)
-            if event is None:
-                return None
-        elif (wait := self._retry_at - time.monotonic()) > 0:
-            time.sleep(min(wait, max(timeout, 0.0)))
+        """With an event pending: retry the first once its retry is due (waiting up to
+        `timeout` s for that). Else handle the driver's events for about `timeout` s, or until
+        none comes within it, slices pipelined. Returns with nothing in flight: each event
+        taken is handled (durable and released, held or quarantined) or pending. Returns the
+        last event handled, None when none was. Raises only the driver's DriverError (an event
+        that met it is kept pending, for after the reconnection)."""
+        if self._pending:
+            return self._retry(timeout)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        last: Event | None = None
+        try:
+            while not self._pending:
+                self._reap(block=len(self._jobs) >= self._in_flight)
+                if self._pending:
+                    break
+                event = self.driver.read_event(max(0.0, deadline - time.monotonic()))
+                if event is None:
+                    break
+                self._take(event)
+                last = event
+                if time.monotonic() >= deadline:
+                    break
+        finally:
+            self._reap(block=True, every=True)
+            lost, self._link_error = self._link_error, None
+        if lost is not None:
+            raise lost
+        return None if last is None or any(e is last for e in self._pending) else last
+
+    def _retry(self, timeout: float) -> Event | None:
+        event = self._pending[0]
+        if (wait_s := self._retry_at - time.monotonic()) > 0:
+            time.sleep(min(wait_s, max(timeout, 0.0)))
             if self._retry_at > time.monotonic():
                 return None
         try:
             self.handle(event)
         except DriverError:  # the link is lost: handled again once the caller reconnected
-            self._pending = event
             raise
         except Exception as e:
             self._stall(event, e)
             return None
-        if self._pending is not None:
-            self._pending, self._failures = None, 0
+        self._pending.popleft()
+        if self._pending:
+            self._retry_at = time.monotonic()  # the next one at once
+        else:
+            self._failures = 0
             log.info("acquisition resumed")
             self.alarms.clear("acquisition_stalled")
         return event
+
+    def _take(self, event: Event) -> None:
+        """An event just read: a slice of an open series is assembled here and made durable by
+        a worker; any other event is handled here once every slice before it is durable."""
+        if isinstance(event, SliceReady) and self._in_flight > 1:
+            key = (event.series_key, event.index)
+            if key not in self._jobs:  # (announced again while in flight: once that one is done)
+                job = self._guarded(event, lambda: self._prepare(event))
+                if job is not None:
+                    if self._workers is None:  # idle between polls; gone with this object
+                        self._workers = ThreadPoolExecutor(
+                            self._in_flight, thread_name_prefix="acquisition"
+                        )
+                    self._jobs[key] = (job, self._workers.submit(self._durable, job))
+                return
+        self._reap(block=True, every=True)  # e.g. a series end: after all its slices
+        self._guarded(event, lambda: self.handle(event))
+
+    def _guarded(self, event: Event, fn: Callable[[], _Job | None]) -> _Job | None:
+        """`fn()` for `event`, or `event` made pending: behind others already pending, or
+        because `fn` failed (DriverError raised again)."""
+        if self._pending:
+            self._pending.append(event)
+            return None
+        try:
+            return fn()
+        except DriverError:
+            self._pending.append(event)
+            raise
+        except Exception as e:
+            self._stall(event, e)
+            return None
+
+    def _prepare(self, event: SliceReady) -> _Job | None:
+        """The job of a slice of an open series, assembled; None when it was handled here
+        (held, quarantined, or already durable and released again). Raises only when it
+        must be retried."""
+        with self._lock:
+            series = self._series_for(event)
+            if series is None:
+                return None
+            try:
+                image = self.assembler.file(series, event)
+            except TRANSIENT:
+                raise
+            except Exception as e:
+                self._refuse(event, series, e)
+                return None
+        record = file_record(image, series.exam.token)
+        return _Job(event, series, record, image.data, self.route(series.exam))
+
+    def _durable(self, job: _Job) -> None:
+        """In a worker: the slice durable in the spool, then released to the hardware. What
+        stops it is kept in `job.error`, for `_finish`."""
+        assert job.data is not None
+        try:
+            routing = job.routing
+            job.spooled = self.spool.accept(job.record, job.data, routing.now, routing.deferred)
+            job.data = None
+            self._recheck_deferred(job.series.exam, routing)
+            self.driver.release(job.event)
+        except Exception as e:
+            job.error = e
+
+    def _reap(self, *, block: bool, every: bool = False) -> None:
+        """Finish the jobs done; with `block`, wait first for one (with `every`: for all)."""
+        if not self._jobs:
+            return
+        if block:
+            wait(
+                [future for _, future in self._jobs.values()],
+                return_when=ALL_COMPLETED if every else FIRST_COMPLETED,
+            )
+        for key, (job, future) in list(self._jobs.items()):
+            if future.done():
+                del self._jobs[key]
+                self._finish(job)
+
+    def _finish(self, job: _Job) -> None:
+        """A worker's job is done: book it, or handle what stopped it (never raises)."""
+        event, error = job.event, job.error
+        if job.spooled is not None:
+            self._book(job.series, event.index, job.spooled)
+        if error is None:
+            if self.on_accepted is not None:
+                self._callback(self.on_accepted, job.spooled, job.series.exam)
+            return
+        if job.spooled is None and not isinstance(error, (*TRANSIENT, DriverError)):
+            try:  # refused for good by the spool: quarantined
+                with self._lock:
+                    self._refuse(event, job.series, error)
+                return
+            except Exception as e:
+                error = e
+        # retried later; a slice already durable is then released again, not filed again
+        if isinstance(error, DriverError):
+            self._pending.append(event)
+            self._link_error = error
+        else:
+            self._stall(event, error)
 
     def handle(self, event: Event) -> None:
         """Raises only when `event` must be retried (then nothing of it was released)."""
@@ -178,7 +347,11 @@ class Acquisition:
                 self.driver.acknowledge(event)
 
     def _stall(self, event: Event, error: Exception) -> None:
-        self._pending = event
+        if not any(e is event for e in self._pending):
+            self._pending.append(event)
+        if self._pending[0] is not event:  # its turn comes after the first one's retry
+            log.error("%s could not be handled (%s); retried later", _what(event), describe(error))
+            return
         self._failures += 1
         delay = self.retry.delay(self._failures)
         self._retry_at = time.monotonic() + delay
@@ -227,6 +400,23 @@ class Acquisition:
         self._alarm_held(held)
 
     def _slice(self, event: SliceReady) -> None:
+        series = self._series_for(event)
+        if series is None:
+            return
+        try:
+            spooled = self.accept(series, event)
+        except TRANSIENT:
+            raise
+        except Exception as e:
+            self._refuse(event, series, e)
+            return
+        self.driver.release(event)
+        if self.on_accepted is not None:
+            self._callback(self.on_accepted, spooled, series.exam)
+
+    def _series_for(self, event: SliceReady) -> Series | None:
+        """The open series of a slice; None when the slice was handled here: held, its series
+        start never seen, or already in the spool (released again)."""
         key = event.series_key
         series = self._open.get(key)
         if series is None:
@@ -237,22 +427,16 @@ class Acquisition:
                 self._notify("slice.held", {"index": event.index})
             else:
                 self._quarantine(event, None, START_NOT_SEEN)
-            return
+            return None
         if event.index in self._open.received(key):
             log.warning("slice %d of series %s came again; kept once", event.index, key)
             self.driver.release(event)
-            return
-        try:
-            spooled = self.accept(series, event)
-        except TRANSIENT:
-            raise
-        except Exception as e:
-            log.debug("slice", exc_info=True)  # the text may quote a patient's data
-            self._quarantine(event, series.start, f"slice could not be filed ({describe(e)})")
-            return
-        self.driver.release(event)
-        if self.on_accepted is not None:
-            self._callback(self.on_accepted, spooled, series.exam)
+            return None
+        return series
+
+    def _refuse(self, event: SliceReady, series: Series, error: Exception) -> None:
+        log.debug("slice", exc_info=error)  # the text may quote a patient's data
+        self._quarantine(event, series.start, f"slice could not be filed ({describe(error)})")
 
     def _quarantine(self, event: SliceReady, start: SeriesStart | None, reason: str) -> None:
         held = self.holding.quarantine(event, reason, start)
@@ -266,16 +450,20 @@ class Acquisition:
 
     def accept(self, series: Series, slice_: SliceReady) -> SpooledInstance:
         """Assemble one slice and make it durable in the spool, routed by `route`."""
-        ds = self.assembler.image(series, slice_)
-        record = instance_record(ds, series.exam.token)
+        image = self.assembler.file(series, slice_)
+        record = file_record(image, series.exam.token)
         routing = self.route(series.exam)
-        spooled = self.spool.accept(record, files.encode(ds), routing.now, routing.deferred)
+        spooled = self.spool.accept(record, image.data, routing.now, routing.deferred)
+        self._book(series, slice_.index, spooled)
+        self._recheck_deferred(series.exam, routing)
+        return spooled
+
+    def _book(self, series: Series, index: int, spooled: SpooledInstance) -> None:
+        """Slice `index` of `series` is durable in the spool as `spooled`."""
         with self._lock:
             self.counts.slices_accepted += 1
-            self._open.mark(series, slice_.index)
-        if routing.deferred and self.route(series.exam).deferred != routing.deferred:
-            # the exam ended while this slice was being accepted: release what it deferred
-            self.spool.release_deferred(series.exam.token)
+            self._open.mark(series, index)
+        record = spooled.record
         self._notify(
             "slice.accepted",
             {
@@ -284,7 +472,11 @@ class Acquisition:
                 "instance_number": record.instance_number,
             },
         )
-        return spooled
+
+    def _recheck_deferred(self, exam: Exam, routing: Routing) -> None:
+        if routing.deferred and self.route(exam).deferred != routing.deferred:
+            # the exam ended while this slice was being accepted: release what it deferred
+            self.spool.release_deferred(exam.token)
 
     def file_held(self, held: HeldSeries, series: Series) -> None:
         """`exam assign`: file the held series' slices as `series` (of the target exam). One

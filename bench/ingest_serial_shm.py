@@ -11,9 +11,10 @@ series length N (each in a fresh process, so that its peak RSS is its own):
   /dev/shm ring as fast as its free slots allow, announcing each on a pty;
 - the measured process runs what the daemon's acquisition thread runs: the real
   `SerialShmDriver` (its I/O thread copies each slot out and checks its CRC-32) and
-  `agent.acquisition.Acquisition` (the assembler builds the CT Image instance, the spool
-  writes and fsyncs the file and its folder and commits the index row), which releases each
-  slot only once the slice is durable.
+  `agent.acquisition.Acquisition`, polled as the daemon polls it (the assembler builds the CT
+  Image instance; up to `--in-flight` workers make slices durable at once: the spool writes
+  and fsyncs each file and its folder and commits the index row), which releases each slot
+  only once its slice is durable.
 
 The rate is N over the time from the scan command to the durable series end (the last slice
 durable, its SERIES_END acknowledged). `steady` leaves out the first tenth (start-up, page
@@ -55,7 +56,8 @@ from typing import Any
 
 TARGET_SLICES_PER_S = 300
 WARMUP_FRACTION = 0.1
-RSS_EVERY = 50  # slices between two RSS samples
+RSS_EVERY = 50  # slices between two RSS samples (at most one sample per poll)
+POLL_S = 0.2  # as the daemon's acquisition thread polls
 MB = 1_000_000
 
 
@@ -174,9 +176,17 @@ def _bench_exam() -> Any:
     return uids, exam
 
 
-def measure(slices: int, *, rows: int, slot_count: int, workdir: Path, timeout: float) -> dict:
+def measure(
+    slices: int,
+    *,
+    rows: int,
+    slot_count: int,
+    workdir: Path,
+    timeout: float,
+    in_flight: int | None = None,
+) -> dict:
     """One series of `slices` slices from a device process into a spool under `workdir`."""
-    from agent.acquisition import Acquisition
+    from agent.acquisition import IN_FLIGHT, Acquisition
     from agent.config import Equipment
     from agent.dicom.assembler import Assembler
     from agent.spool import Spool
@@ -200,6 +210,7 @@ def measure(slices: int, *, rows: int, slot_count: int, workdir: Path, timeout: 
             Assembler(equipment, uids),
             spool,
             lambda token: exam if token == exam.token else None,
+            in_flight=in_flight or IN_FLIGHT,
         )
         samples = _Samples()
         try:
@@ -214,7 +225,7 @@ def measure(slices: int, *, rows: int, slot_count: int, workdir: Path, timeout: 
             while counts.series_ended < 1:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"timed out after {counts.slices_accepted} slices")
-                acquisition.poll(1.0)
+                acquisition.poll(POLL_S)
                 if acquisition.pending is not None:
                     raise RuntimeError("a slice could not be made durable (see the log)")
                 accepted = counts.slices_accepted
@@ -381,7 +392,7 @@ def dcmtk_storescp(sources: list[Path], workdir: Path) -> dict:
 def _one(args: argparse.Namespace) -> int:
     result = measure(
         args.one, rows=args.rows, slot_count=args.slot_count, workdir=args.workdir,
-        timeout=args.timeout,
+        timeout=args.timeout, in_flight=args.in_flight,
     )  # fmt: skip
     json.dump(result, sys.stdout)
     return 0
@@ -392,6 +403,7 @@ def _run_one(slices: int, args: argparse.Namespace, workdir: Path) -> dict:
         sys.executable, "-m", "bench.ingest_serial_shm", "--one", str(slices),
         "--rows", str(args.rows), "--slot-count", str(args.slot_count),
         "--workdir", str(workdir), "--timeout", str(args.timeout),
+        *(["--in-flight", str(args.in_flight)] if args.in_flight else []),
     ]  # fmt: skip
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=args.timeout + 120)
@@ -406,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", default="1000,3000", help="series lengths, comma-separated")
     p.add_argument("--rows", type=int, default=512, help="rows = columns of every slice")
     p.add_argument("--slot-count", type=int, default=16, help="ring slots of the device")
+    p.add_argument(
+        "--in-flight", type=int, help="slices made durable at once (default: the agent's own)"
+    )
     p.add_argument("--baseline-files", type=int, default=1000, help="files for the baselines")
     p.add_argument("--no-dcmtk", action="store_true", help="skip the DCMTK baseline")
     p.add_argument("--workdir", type=Path, help="spools go here (default: a temporary folder)")
@@ -415,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.one is not None:
         return _one(args)
+    from agent.acquisition import IN_FLIGHT
+
     sizes = [int(s) for s in args.slices.split(",") if s.strip()]
     base = args.workdir or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -448,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             "columns": args.rows,
             "bytes_per_pixel": 2,
             "slot_count": args.slot_count,
+            "in_flight": args.in_flight or IN_FLIGHT,
             "device": "SerialDevice in a child process (spawn), pty line, /dev/shm ring",
             "path": "SerialShmDriver -> Acquisition (assembler, Spool.accept fsynced) -> release",
         },

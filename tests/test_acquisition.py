@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from agent.exam_book import ExamBook
 from agent.holding import START_NOT_SEEN, Holding
 from agent.net.retry import Backoff
 from agent.spool import Spool, SpooledInstance
-from hardware.base import Driver, Event, SeriesEnd, SeriesStart, SliceReady
+from hardware.base import Driver, DriverError, Event, SeriesEnd, SeriesStart, SliceReady
 from hardware.dose import IrradiationEvent
 from hardware.event_codec import (
     EventCodecError,
@@ -42,13 +43,18 @@ SIZE = 16
 
 
 class Scripted(Driver):
-    """Hands out the events it is given, in order; records reads and releases."""
+    """Hands out the events it is given, in order; records reads and releases. `on_read`,
+    `on_release` and `on_acknowledge` see each event first (releases come from the
+    acquisition's workers)."""
 
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
         self.released: list[tuple[str, int]] = []
         self.acknowledged: list[SeriesEnd | IrradiationEvent] = []
         self.reads = 0
+        self.on_read: Callable[[Event], None] = lambda event: None
+        self.on_release: Callable[[SliceReady], None] = lambda slice_: None
+        self.on_acknowledge: Callable[[SeriesEnd | IrradiationEvent], None] = lambda e: None
 
     def open(self) -> None:
         pass
@@ -58,12 +64,18 @@ class Scripted(Driver):
 
     def read_event(self, timeout: float) -> Event | None:
         self.reads += 1
-        return self.events.popleft() if self.events else None
+        if not self.events:
+            return None
+        event = self.events.popleft()
+        self.on_read(event)
+        return event
 
     def release(self, slice_: SliceReady) -> None:
+        self.on_release(slice_)
         self.released.append((slice_.series_key, slice_.index))
 
     def acknowledge(self, event: SeriesEnd | IrradiationEvent) -> None:
+        self.on_acknowledge(event)
         self.acknowledged.append(event)
 
     def close(self) -> None:
@@ -95,14 +107,19 @@ class Rig:
     acquisition: Acquisition
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def run(self, *events: Event) -> None:
-        """Feed `events` and handle them all (retries included: the backoff is zero)."""
+    def run(self, *events: Event, timeout: float = 0) -> None:
+        """Feed `events` and handle them all (retries included: the backoff is zero). Each
+        poll(0) takes one event; a longer `timeout` lets a poll pipeline the slices."""
         self.driver.events.extend(events)
         for _ in range(1000):
             if not self.driver.events and self.acquisition.pending is None:
                 return
-            self.acquisition.poll(0)
+            self.acquisition.poll(timeout)
         raise AssertionError("acquisition stuck")
+
+    def durable(self, index: int) -> bool:
+        """Slice `index` is in the spool (read from its index)."""
+        return any(i.record.instance_number == index + 1 for i in self.spool.instances())
 
     def route(self, the_exam: Exam) -> Routing:
         return Routing(the_exam.destinations)
@@ -272,6 +289,149 @@ def test_a_pending_slice_waits_for_its_backoff(rig: Rig, monkeypatch: pytest.Mon
         assert rig.acquisition.poll(0) is None
     assert rig.driver.reads == reads and rig.driver.released == []
     assert rig.acquisition.pending is lost and len(rig.driver.events) == 1
+
+
+# -- pipelining: several slices in flight, each released once durable, nothing else reordered --
+
+WAIT_S = 30.0  # for an event that a correct acquisition sets; a broken one times out
+
+
+def accept_hook(rig: Rig, monkeypatch: pytest.MonkeyPatch, before: Callable[[int], object]) -> None:
+    """`before(index)` runs in the worker of each slice, before its real accept."""
+    accept = rig.spool.accept
+
+    def hooked(record: Any, *args: Any, **kwargs: Any) -> SpooledInstance:
+        before(record.instance_number - 1)
+        return accept(record, *args, **kwargs)
+
+    monkeypatch.setattr(rig.spool, "accept", hooked)
+
+
+def test_slices_are_made_durable_side_by_side(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    e = open_exam(rig)
+    rig.run(start("K1", e.token))
+    both = threading.Barrier(2, timeout=WAIT_S)  # broken (raises) unless two are in flight
+    accept_hook(rig, monkeypatch, lambda index: both.wait() if index < 2 else None)
+    rig.run(*[slice_("K1", i) for i in range(6)], SeriesEnd("K1", 6), timeout=WAIT_S)
+    assert sorted(rig.driver.released) == [("K1", i) for i in range(6)]
+    assert sorted(i.record.instance_number for i in rig.instances()) == [1, 2, 3, 4, 5, 6]
+    assert rig.acquisition.counts.slices_accepted == 6 and rig.alarm("series_gap") == []
+
+
+def test_each_slot_is_released_once_its_own_slice_is_durable_in_any_order(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = open_exam(rig)
+    rig.run(start("K1", e.token))
+    second_released = threading.Event()
+
+    def before(index: int) -> None:
+        if index == 0:  # slice 0 becomes durable only after slice 1 was released
+            assert second_released.wait(WAIT_S)
+
+    def on_release(s: SliceReady) -> None:
+        assert rig.durable(s.index), f"slice {s.index} released before it was durable"
+        if s.index == 1:
+            second_released.set()
+
+    accept_hook(rig, monkeypatch, before)
+    rig.driver.on_release = on_release
+    rig.run(slice_("K1", 0), slice_("K1", 1), slice_("K1", 2), timeout=WAIT_S)
+    assert rig.driver.released.index(("K1", 1)) < rig.driver.released.index(("K1", 0))
+    assert sorted(rig.driver.released) == [("K1", 0), ("K1", 1), ("K1", 2)]
+
+
+def test_a_series_end_read_while_slices_are_in_flight_waits_for_them(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = open_exam(rig)
+    rig.run(start("K1", e.token))
+    end_read = threading.Event()
+    rig.driver.on_read = lambda event: end_read.set() if isinstance(event, SeriesEnd) else None
+    # the last slice is made durable only once its series end was read
+    accept_hook(rig, monkeypatch, lambda index: end_read.wait(WAIT_S) if index == 2 else None)
+
+    def on_acknowledge(event: SeriesEnd | IrradiationEvent) -> None:
+        assert all(rig.durable(i) for i in range(3)), "series end handled before its slices"
+        assert sorted(rig.driver.released) == [("K1", 0), ("K1", 1), ("K1", 2)]
+
+    rig.driver.on_acknowledge = on_acknowledge
+    rig.run(*[slice_("K1", i) for i in range(3)], SeriesEnd("K1", 3), timeout=WAIT_S)
+    assert end_read.is_set() and len(rig.driver.acknowledged) == 1
+    assert rig.alarm("series_gap") == [] and rig.acquisition.counts.series_ended == 1
+
+
+def test_a_full_disk_under_one_of_the_slices_in_flight_keeps_it_and_what_follows(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = open_exam(rig)
+    rig.run(start("K1", e.token))
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+    end_read = threading.Event()
+    rig.driver.on_read = lambda event: end_read.set() if isinstance(event, SeriesEnd) else None
+
+    def before(index: int) -> None:
+        if index == 1 and failures:  # fails once everything was read, the others in flight
+            assert end_read.wait(WAIT_S)
+            raise failures.pop()
+
+    accept_hook(rig, monkeypatch, before)
+    rig.driver.on_acknowledge = lambda event: None if rig.durable(1) else pytest.fail("early end")
+    rig.driver.events.extend([*[slice_("K1", i) for i in range(4)], SeriesEnd("K1", 4)])
+    a = rig.acquisition
+    assert a.poll(WAIT_S) is None  # the end waits behind the slice that failed
+    assert isinstance(a.pending, SliceReady) and a.pending.index == 1
+    assert ("K1", 1) not in rig.driver.released and rig.driver.acknowledged == []
+    assert sorted(rig.driver.released) == [("K1", 0), ("K1", 2), ("K1", 3)]
+    assert "slice 1 of series K1" in rig.alarm("acquisition_stalled")[0]
+    reads = rig.driver.reads
+    rig.run()
+    assert rig.driver.reads == reads  # the driver was not read while anything was pending
+    assert sorted(rig.driver.released) == [("K1", i) for i in range(4)]
+    assert len(rig.driver.acknowledged) == 1 and rig.alarm("series_gap") == []
+    assert rig.alarm("acquisition_stalled") == []
+    assert sorted(i.record.instance_number for i in rig.instances()) == [1, 2, 3, 4]
+
+
+def test_a_slice_the_spool_refuses_for_good_in_flight_is_quarantined(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = open_exam(rig)
+    rig.run(start("K1", e.token))
+
+    def before(index: int) -> None:
+        if index == 2:
+            raise ValueError("refused")
+
+    accept_hook(rig, monkeypatch, before)
+    rig.run(*[slice_("K1", i) for i in range(4)], SeriesEnd("K1", 4), timeout=WAIT_S)
+    assert sorted(rig.driver.released) == [("K1", i) for i in range(4)]
+    assert sorted(i.record.instance_number for i in rig.instances()) == [1, 2, 4]
+    (held,) = rig.holding.series()
+    assert held.indices == {2} and held.reason == "slice could not be filed (ValueError)"
+    assert "missing indices 2" in rig.alarm("series_gap")[0]
+
+
+def test_a_link_lost_on_release_leaves_the_durable_slice_pending_not_filed_twice(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = open_exam(rig)
+    rig.run(start("K1", e.token))
+    lost = [DriverError("link lost")]
+
+    def on_release(s: SliceReady) -> None:
+        if s.index == 1 and lost:
+            raise lost.pop()
+
+    rig.driver.on_release = on_release
+    rig.driver.events.extend(slice_("K1", i) for i in range(3))
+    with pytest.raises(DriverError):
+        rig.acquisition.poll(WAIT_S)
+    pending = rig.acquisition.pending
+    assert isinstance(pending, SliceReady) and pending.index == 1 and rig.durable(1)
+    rig.run(timeout=WAIT_S)  # reconnected: the pending slice is released, then the rest read
+    assert sorted(rig.driver.released) == [("K1", 0), ("K1", 1), ("K1", 2)]
+    assert sorted(i.record.instance_number for i in rig.instances()) == [1, 2, 3]
 
 
 # -- open series survive a restart; a repeated start resumes; gaps are named ---------------------

@@ -160,7 +160,7 @@ def test_failed_commit_leaves_no_file(spool: Spool, monkeypatch: pytest.MonkeyPa
     def boom(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(spool._index, "insert", boom)
+    monkeypatch.setattr(spool._index, "insert_many", boom)
     with pytest.raises(sqlite3.OperationalError):
         spool.accept(rec(1), blob(1), ["PACS"])
     monkeypatch.undo()

@@ -16,9 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pydicom import config, dcmread, dcmwrite
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import IS, DSdecimal, DSfloat, PersonName, validate_value
 
@@ -60,6 +62,16 @@ def _check(elem: DataElement, path: str) -> None:
             validate_value(elem.VR, v, config.RAISE)
         except ValueError as exc:
             raise InvalidDataset(f"{path}{elem.tag} {elem.keyword or 'private'}: {exc}") from exc
+
+
+def check_values(tag: int, vr: str, value: str | list[str]) -> None:
+    """Raise `InvalidDataset` when text `value` (one value, or several) does not conform to
+    `vr`: what `validate` checks of an element, for a value not (yet) in a Dataset."""
+    for v in [value] if isinstance(value, str) else value:
+        try:
+            validate_value(vr, v, config.RAISE)
+        except ValueError as exc:
+            raise InvalidDataset(f"{Tag(tag)} {keyword_for_tag(tag) or 'private'}: {exc}") from exc
 
 
 def validate(ds: Dataset, path: str = "") -> None:

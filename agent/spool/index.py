@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,17 @@ def _instance(row: Sequence[Any]) -> SpooledInstance:
     return SpooledInstance(record, seq=row[0], size=row[8], sha256=row[9], accepted_at=row[10])
 
 
+@dataclass(frozen=True)
+class Row:
+    """An accepted instance as the index records it, with its deliveries."""
+
+    record: InstanceRecord
+    size: int
+    sha256: str
+    destinations: Sequence[str]
+    deferred: Sequence[str] = ()
+
+
 class Index:
     def __init__(self, path: Path) -> None:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -149,33 +161,58 @@ class Index:
         now: float,
         deferred: Sequence[str] = (),
     ) -> SpooledInstance:
+        (result,) = self.insert_many([Row(record, size, sha256, destinations, deferred)], now)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def insert_many(
+        self, rows: Sequence[Row], now: float
+    ) -> list[SpooledInstance | sqlite3.IntegrityError]:
+        """Index `rows` in one transaction, each with its deliveries. A row that breaks a
+        constraint is left out (its error in its place), the others kept; any other error
+        rolls the whole transaction back and is raised."""
+        out: list[SpooledInstance | sqlite3.IntegrityError] = []
         with self._write() as conn:
-            cur = conn.execute(
-                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
-                " series_instance_uid, transfer_syntax_uid, instance_number, exam_token, size,"
-                " sha256, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.sop_instance_uid,
-                    record.sop_class_uid,
-                    record.study_instance_uid,
-                    record.series_instance_uid,
-                    record.transfer_syntax_uid,
-                    record.instance_number,
-                    record.exam_token,
-                    size,
-                    sha256,
-                    now,
-                ),
-            )
-            seq = cur.lastrowid
-            assert seq is not None
-            conn.executemany(
-                "INSERT INTO deliveries (seq, destination, state, next_attempt, updated_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(seq, d, "pending", now, now) for d in destinations]
-                + [(seq, d, "deferred", now, now) for d in deferred],
-            )
-        return SpooledInstance(record, seq=seq, size=size, sha256=sha256, accepted_at=now)
+            for row in rows:
+                conn.execute("SAVEPOINT row")
+                try:
+                    out.append(self._insert(conn, row, now))
+                except sqlite3.IntegrityError as e:
+                    conn.execute("ROLLBACK TO row")
+                    out.append(e)
+                conn.execute("RELEASE row")
+        return out
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, row: Row, now: float) -> SpooledInstance:
+        record = row.record
+        cur = conn.execute(
+            "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
+            " series_instance_uid, transfer_syntax_uid, instance_number, exam_token, size,"
+            " sha256, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.sop_instance_uid,
+                record.sop_class_uid,
+                record.study_instance_uid,
+                record.series_instance_uid,
+                record.transfer_syntax_uid,
+                record.instance_number,
+                record.exam_token,
+                row.size,
+                row.sha256,
+                now,
+            ),
+        )
+        seq = cur.lastrowid
+        assert seq is not None
+        conn.executemany(
+            "INSERT INTO deliveries (seq, destination, state, next_attempt, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(seq, d, "pending", now, now) for d in row.destinations]
+            + [(seq, d, "deferred", now, now) for d in row.deferred],
+        )
+        return SpooledInstance(record, seq=seq, size=row.size, sha256=row.sha256, accepted_at=now)
 
     def instances(self, study_uid: str | None = None) -> list[SpooledInstance]:
         with self._read() as conn:

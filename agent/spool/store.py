@@ -26,7 +26,8 @@ from types import TracebackType
 from typing import NoReturn
 
 from . import files
-from .index import Index
+from .group import GroupCommit
+from .index import Index, Row
 from .model import (
     Delivery,
     DeliveryState,
@@ -102,6 +103,7 @@ class Spool:
         self._late_orphans = [_orphan_problem(p) for p in self.recovery.orphans_moved]
         self._durable_dirs: set[str] = set()  # study folders whose entry is known durable
         self._dir_lock = threading.Lock()
+        self._group = GroupCommit(self._index, clock)
         self._inflight: set[str] = set()
         self._inflight_cond = threading.Condition()
         self._closed = False
@@ -145,7 +147,8 @@ class Spool:
         deferred one per destination in `deferred`: see release_deferred).
 
         Returns only once the file is fsynced under its final name, its folder fsynced and the
-        index row committed. Accepting an already indexed SOP Instance UID with the same bytes
+        index row committed (accepts arriving together share the folder fsync and the
+        commit: see group.py). Accepting an already indexed SOP Instance UID with the same bytes
         and metadata is a no-op returning the existing instance (destinations are not added: see
         add_destination); other bytes or metadata raise SpoolConflict.
         """
@@ -159,10 +162,10 @@ class Spool:
             final = self._final_path(record.study_instance_uid, record.sop_instance_uid)
             if os.path.lexists(final):  # no index row: never accepted, so never ours to replace
                 self._orphan(final)
-            files.write_durable(final, data)
-            try:
-                return self._index.insert(
-                    record, len(data), digest, dests, self._clock(), deferred=later
+            files.write_in_place(final, data)
+            try:  # its folder fsynced, then indexed: with other accepts arriving meanwhile
+                return self._group.commit(
+                    final.parent, Row(record, len(data), digest, dests, deferred=later)
                 )
             except BaseException:
                 with suppress(OSError):
