@@ -22,6 +22,7 @@ from agent.assignment import assign_series
 from agent.control.protocol import OpError
 from agent.control.server import caller_user
 from agent.dicom import files, modules
+from agent.dose import hook as dose
 from agent.exam import Exam, Patient, Procedure, open_exam
 from agent.exam_book import ExamConflict, ExamEntry
 from agent.net.echo import echo
@@ -234,6 +235,10 @@ class Operations:
         if current is None:
             raise OpError("conflict", "no exam is open")
         ended = datetime.now(UTC)
+        try:  # the dose report first: spooled, so that the MPPS N-SET references it
+            dose.exam_ended(self.d, current)
+        except OSError as e:
+            raise OpError("failed", f"the exam's dose report cannot be queued: {e.strerror}") from e
         if self.d.mpps is not None:  # its final N-SET is queued before the exam is closed
             try:
                 self.d.mpps.exam_ended(current, ended.astimezone(), reason)

@@ -32,7 +32,14 @@ from hardware.base import (
     SeriesStart,
     SliceReady,
 )
-from hardware.dose import AcquisitionType, IrradiationEvent, XRaySource
+from hardware.dose import (
+    AcquisitionType,
+    AlertKind,
+    AlertQuantity,
+    DoseAlert,
+    IrradiationEvent,
+    XRaySource,
+)
 from hardware.dose import Phantom as CtdiPhantom
 from hardware.phantom import Phantom, shared_phantom
 
@@ -46,6 +53,9 @@ SINGLE_COLLIMATION_MM, DETECTOR_ROWS = 0.625, 64
 TOTAL_COLLIMATION_MM = DETECTOR_ROWS * SINGLE_COLLIMATION_MM
 TABLE_SPEED_MM_S = PITCH * TOTAL_COLLIMATION_MM / ROTATION_S
 CTDIW_PER_100_MAS_MGY = 7.0  # body phantom at 120 kV: a typical 64-row scanner's figure
+# the localizer (scout) before an exam's first acquisition: a constant-angle AP view
+LOCALIZER_LENGTH_MM, LOCALIZER_MA, LOCALIZER_TABLE_SPEED_MM_S = 450.0, 40.0, 100.0
+LOCALIZER_CTDIVOL_MGY = 0.11  # body phantom: what 64-row scanners report for a chest scout
 
 
 @dataclass(frozen=True)
@@ -132,8 +142,50 @@ def simulated_irradiation(token: str, start: datetime, length_mm: float) -> Irra
     )
 
 
+def simulated_localizer(token: str, start: datetime) -> IrradiationEvent:
+    """The dose record of a simulated chest localizer (constant angle, no pitch, no rotation):
+    DLP = CTDIvol x scanning length, as for any acquisition."""
+    seconds = LOCALIZER_LENGTH_MM / LOCALIZER_TABLE_SPEED_MM_S
+    return IrradiationEvent(
+        token=token,
+        event_uid=f"2.25.{uuid.uuid4().int}",
+        start_time=start,
+        end_time=start + timedelta(seconds=seconds),
+        acquisition_type=AcquisitionType.CONSTANT_ANGLE,
+        target_region="CHEST",
+        exposure_time_s=round(seconds, 3),
+        scanning_length_mm=LOCALIZER_LENGTH_MM,
+        single_collimation_mm=SINGLE_COLLIMATION_MM,
+        total_collimation_mm=2 * SINGLE_COLLIMATION_MM,
+        pitch_factor=None,
+        sources=(XRaySource("A", KVP, LOCALIZER_MA, LOCALIZER_MA, 0.0),),  # no rotation
+        mean_ctdivol_mgy=LOCALIZER_CTDIVOL_MGY,
+        ctdi_phantom=CtdiPhantom.BODY_32,
+        dlp_mgycm=round(LOCALIZER_CTDIVOL_MGY * LOCALIZER_LENGTH_MM / 10, 2),
+    )
+
+
+def with_dose_check(event: IrradiationEvent, notification_ctdivol_mgy: float) -> IrradiationEvent:
+    """`event` with a CTDIvol dose-check notification (TID 10015) when its CTDIvol exceeds the
+    configured notification value, as the scanner's dose check would have raised it."""
+    if event.mean_ctdivol_mgy <= notification_ctdivol_mgy:
+        return event
+    alert = DoseAlert(
+        kind=AlertKind.NOTIFICATION,
+        quantity=AlertQuantity.CTDIVOL,
+        configured_value=notification_ctdivol_mgy,
+        value=event.mean_ctdivol_mgy,
+        reason="SIMULATED: protocol confirmed for the patient's size",
+        person="SIMULATED^OPERATOR",
+    )
+    return dataclasses.replace(event, alerts=(*event.alerts, alert))
+
+
 class MockDriver(Driver):
-    """Synthetic hardware. `contrast_agent` marks every series as acquired with contrast."""
+    """Synthetic hardware. `contrast_agent` marks every series as acquired with contrast.
+    `localizer`: each exam token's first scan is preceded by a localizer's dose record.
+    `dose_check_ctdivol_mgy`: a configured CTDIvol notification value; an acquisition above
+    it reports a dose-check notification (TID 10015)."""
 
     def __init__(
         self,
@@ -142,6 +194,8 @@ class MockDriver(Driver):
         noise_hu: float = 10.0,
         contrast_agent: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        localizer: bool = False,
+        dose_check_ctdivol_mgy: float | None = None,
     ) -> None:
         if queue_size < 1:
             raise DriverError(f"mock driver: queue_size must be at least 1, got {queue_size}")
@@ -150,6 +204,8 @@ class MockDriver(Driver):
         self._noise_hu = noise_hu
         self._contrast_agent = contrast_agent
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._localizer = localizer
+        self._dose_check = dose_check_ctdivol_mgy
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -275,6 +331,12 @@ class MockDriver(Driver):
         paced = time.monotonic()
         emitted = 0
         irradiation = simulated_irradiation(token, acquired, 2 * (top - centre))
+        if self._dose_check is not None:
+            irradiation = with_dose_check(irradiation, self._dose_check)
+        if self._localizer and first == 1:  # the exam's scout, before its first acquisition
+            scout = simulated_localizer(token, acquired - timedelta(seconds=30))
+            if not self._put(scout):
+                return
         # the acquisition ended before its reconstructions: its record comes first (PROTOCOL
         # §6 0x24: before the SERIES_END of any series reconstructed from it)
         if not self._put(irradiation):

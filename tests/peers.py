@@ -26,6 +26,7 @@ DCMTK_SYNTAX = {
     "1.2.840.10008.1.2.5": "RLELossless",
 }
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+XRAY_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
 # shared/ lies beside the project (in CI: beside the clone)
 VALIDATE_DICOM = Path(__file__).resolve().parents[2] / "shared" / "tools" / "validate-dicom"
 
@@ -121,8 +122,10 @@ def storescp(
         log.close()
 
 
-def archived(directory: Path) -> list[pydicom.Dataset]:
-    """What a storescp wrote under `directory`, headers only."""
-    return [
+def archived(directory: Path, *, reports: bool = False) -> list[pydicom.Dataset]:
+    """The images a storescp wrote under `directory`, headers only; with `reports`, also the
+    exam's CT Radiation Dose SR (agent/dose), which every irradiating exam now sends."""
+    found = [
         pydicom.dcmread(f, stop_before_pixels=True) for f in directory.rglob("*") if f.is_file()
     ]
+    return [ds for ds in found if reports or ds.SOPClassUID != XRAY_DOSE_SR]

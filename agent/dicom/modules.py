@@ -378,6 +378,8 @@ def ct_image(ds: Dataset, start: SeriesStart) -> None:
     ds.XRayTubeCurrent = round(start.tube_current_ma)
     ds.Exposure = round(start.exposure_mas)
     ds.ExposureInuAs = round(start.exposure_mas * 1000)
+    if start.irradiation_event_uid:  # the acquisition's record in the dose report
+        ds.IrradiationEventUID = start.irradiation_event_uid
     ds.ConvolutionKernel = start.kernel
     ds.RevolutionTime = start.revolution_time_s
     ds.SingleCollimationWidth = start.single_collimation_mm

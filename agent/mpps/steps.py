@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom.dataset import Dataset
+from pydicom.uid import XRayRadiationDoseSRStorage
 
 from agent.config.model import Equipment
 from agent.dicom import modules
 from agent.exam import Exam
 
 MODALITY = "CT"
+NON_IMAGE_SOP_CLASSES = {XRayRadiationDoseSRStorage}  # the CT Radiation Dose SR
 
 # CID 9300 Procedure Discontinuation Reasons (DCM): a reason given in words is matched to its
 # code by meaning; any other reason is "unspecified", its words kept in the step's comments
@@ -178,14 +180,16 @@ def _series_item(s: PerformedSeries, exam: Exam) -> Dataset:
     item.SeriesInstanceUID = s.series_instance_uid
     item.SeriesDescription = s.description[:64]
     item.RetrieveAETitle = ""
-    images = []
+    images: list[Dataset] = []
+    others: list[Dataset] = []
     for sop_class, sop_instance in s.images:
         ref = Dataset()
         ref.ReferencedSOPClassUID = sop_class
         ref.ReferencedSOPInstanceUID = sop_instance
-        images.append(ref)
+        # the dose report (its own series) is no image: PS3.4 F.7.2.2 lists it apart
+        (others if sop_class in NON_IMAGE_SOP_CLASSES else images).append(ref)
     item.ReferencedImageSequence = images
-    item.ReferencedNonImageCompositeSOPInstanceSequence = []
+    item.ReferencedNonImageCompositeSOPInstanceSequence = others
     return item
 
 

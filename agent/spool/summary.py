@@ -7,12 +7,19 @@ from collections import defaultdict
 from .index import Index
 from .model import DestinationSummary, StudySummary
 
-_PER_DESTINATION = """
-SELECT i.study_instance_uid, d.destination, count(*),
-       sum(d.state = 'delivered'), sum(d.commitment IS 'committed'), sum(d.state = 'failed'),
-       sum(d.state IN ('deferred', 'pending', 'sending')), sum(d.state = 'sending'),
-       sum(d.state = 'deferred'),
-       min(CASE WHEN d.state = 'pending' THEN d.next_attempt END)
+# Counts are of images: a study's structured reports (the dose report, SOP classes
+# 1.2.840.10008.5.1.4.1.1.88.*) are delivered like them but not counted as images; the
+# state is that of every instance, reports included (the last two columns).
+_IMAGE = "i.sop_class_uid NOT LIKE '1.2.840.10008.5.1.4.1.1.88.%'"
+_PER_DESTINATION = f"""
+SELECT i.study_instance_uid, d.destination, sum({_IMAGE}),
+       sum(d.state = 'delivered' AND {_IMAGE}), sum(d.commitment IS 'committed' AND {_IMAGE}),
+       sum(d.state = 'failed' AND {_IMAGE}),
+       sum(d.state IN ('deferred', 'pending', 'sending') AND {_IMAGE}),
+       sum(d.state = 'deferred' AND {_IMAGE}),
+       min(CASE WHEN d.state = 'pending' THEN d.next_attempt END),
+       count(*), sum(d.commitment IS 'committed'), sum(d.state = 'failed'),
+       sum(d.state IN ('deferred', 'pending', 'sending')), sum(d.state = 'sending')
 FROM deliveries d JOIN instances i ON i.seq = d.seq
 GROUP BY i.study_instance_uid, d.destination ORDER BY d.destination
 """
@@ -23,8 +30,8 @@ FROM deliveries d JOIN instances i ON i.seq = d.seq
 WHERE d.last_error IS NOT NULL AND d.state IN ('deferred', 'pending', 'sending', 'failed')
 GROUP BY i.study_instance_uid, d.destination
 """
-_STUDIES = """
-SELECT study_instance_uid, count(*), sum(problem IS NOT NULL), min(seq)
+_STUDIES = f"""
+SELECT study_instance_uid, sum({_IMAGE.removeprefix("i.")}), sum(problem IS NOT NULL), min(seq)
 FROM instances GROUP BY study_instance_uid ORDER BY min(seq)
 """
 _TOKENS = """
@@ -33,14 +40,14 @@ WHERE exam_token IS NOT NULL GROUP BY study_instance_uid, exam_token ORDER BY mi
 """
 
 
-def _state(images: int, committed: int, failed: int, pending: int, sending: int) -> str:
+def _state(instances: int, committed: int, failed: int, pending: int, sending: int) -> str:
     if failed:
         return "failed"
     if sending:
         return "sending"
     if pending:
         return "pending"
-    return "committed" if committed == images else "delivered"
+    return "committed" if committed == instances else "delivered"
 
 
 def summarize(index: Index) -> list[StudySummary]:
@@ -58,14 +65,14 @@ def summarize(index: Index) -> list[StudySummary]:
         committed,
         failed,
         pending,
-        sending,
         deferred,
         nxt,
+        *every,  # the same over every instance, reports included: the state
     ) in index.query(_PER_DESTINATION):
         destinations[study].append(
             DestinationSummary(
                 name=dest,
-                state=_state(images, committed, failed, pending, sending),
+                state=_state(*every),
                 deferred=deferred,
                 images=images,
                 sent=sent,

@@ -1,0 +1,175 @@
+"""The CT Radiation Dose SR end to end: the real daemon (mock scanner) and CLI, a real
+storescp, the test MPPS SCP (tests/mpps_scp.py). The report arrives with the images, passes
+dciodvfy, and its rows equal the irradiation records the daemon kept from the hardware; the
+MPPS final N-SET references it; a discontinued exam gets one; an exam that irradiated nothing
+gets none. A daemon in this process, on a mock asked for a localizer and a dose-check
+notification, shows those rows too."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from agent.config.load import load
+from agent.daemon import Daemon
+from agent.dose import check
+from hardware.dose import AcquisitionType, IrradiationEvent
+from hardware.event_codec import irradiation_from_json
+from hardware.mock import MockDriver
+from tests.agent_process import Agent, Dest, write_config
+from tests.mpps_scp import MppsSCP
+from tests.peers import CT_IMAGE_STORAGE, VALIDATE_DICOM, require, storescp
+from tests.test_dose import check_against_records
+
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.67"
+
+
+def received(archive: Path) -> tuple[list[Dataset], list[Dataset]]:
+    """What the storescp holds: (images, dose reports)."""
+    files: list[Dataset] = [
+        pydicom.dcmread(f, stop_before_pixels=True) for f in archive.rglob("*") if f.is_file()
+    ]
+    images = [ds for ds in files if ds.SOPClassUID == CT_IMAGE_STORAGE]
+    return images, [ds for ds in files if ds.SOPClassUID == SR_CLASS]
+
+
+def records(spool: Path, token: str) -> list[IrradiationEvent]:
+    """The irradiation records the daemon kept durably, as the hardware reported them."""
+    events = [
+        irradiation_from_json(json.loads(p.read_bytes()))
+        for p in (spool / "irradiation").glob("*.json")
+    ]
+    return [e for e in events if e.token == token]
+
+
+def valid(archive: Path) -> None:
+    require("dciodvfy", "dsrdump")
+    v = subprocess.run([str(VALIDATE_DICOM), str(archive)], capture_output=True, text=True)
+    assert v.returncode == 0, v.stdout
+    for sr in archive.rglob("SR*"):
+        out = subprocess.run(["dsrdump", str(sr)], capture_output=True, text=True)
+        assert out.returncode == 0 and "E:" not in out.stderr, out.stderr
+
+
+def start(tmp_path: Path, stack: ExitStack, ris_port: int) -> Agent:
+    archive = stack.enter_context(storescp(tmp_path / "archive"))
+    extra = (
+        f'\n[mpps]\nae_title = "RIS"\nhost = "127.0.0.1"\nport = {ris_port}\n'
+        "connect_timeout = 2\nacse_timeout = 5\ndimse_timeout = 5\n"
+    )
+    agent = Agent(write_config(tmp_path, [Dest("PACS", archive)], extra), tmp_path / "d.log")
+    agent.start()
+    stack.callback(agent.stop)
+    return agent
+
+
+def ok(r: subprocess.CompletedProcess[str]) -> None:
+    assert r.returncode == 0, r.stderr
+
+
+def test_report_of_two_acquisitions_at_storescp_and_in_the_mpps(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    ris = stack.enter_context(MppsSCP())
+    agent = start(tmp_path, stack, ris.port)
+    ok(agent.cli("exam", "start", "--patient-id", "P1", "--patient-name", "DOE^JANE", "--sex", "F"))
+    exam = agent.json("exam", "status")["exam"]
+    for _ in range(2):  # two acquisitions, each reconstructed as two series
+        ok(agent.cli("simulate", "--series", "2", "--slices", "3"))
+    ok(agent.cli("exam", "end"))
+    ok(agent.cli("wait", "--timeout", "60"))
+    images, (sr,) = received(tmp_path / "archive")
+    valid(tmp_path / "archive")
+    kept = records(tmp_path / "spool", exam["token"])
+    assert len(kept) == 2 and {e.acquisition_type for e in kept} == {AcquisitionType.SPIRAL}
+    check_against_records(sr, kept)
+    assert sr.StudyInstanceUID == exam["study_instance_uid"] and sr.PatientID == "P1"
+    assert sr.SeriesDescription.startswith("SIMULATED") and sr.Modality == "SR"
+    assert sr.SeriesInstanceUID not in {i.SeriesInstanceUID for i in images}
+    # each image names its acquisition's record; the report lists the images as evidence
+    assert {i.IrradiationEventUID for i in images} == {e.event_uid for e in kept}
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    listed = {
+        r.ReferencedSOPInstanceUID
+        for s in evidence.ReferencedSeriesSequence
+        for r in s.ReferencedSOPSequence
+    }
+    assert listed == {i.SOPInstanceUID for i in images} and len(images) == 12
+    # the MPPS: the step the report names, and the final N-SET referencing the report
+    (uid,) = ris.steps
+    (ref,) = sr.ReferencedPerformedProcedureStepSequence
+    assert ref.ReferencedSOPInstanceUID == uid
+    final = ris.messages[-1].dataset
+    assert final.PerformedProcedureStepStatus == "COMPLETED"
+    (dose_series,) = [
+        s for s in final.PerformedSeriesSequence if s.SeriesInstanceUID == sr.SeriesInstanceUID
+    ]
+    (non_image,) = dose_series.ReferencedNonImageCompositeSOPInstanceSequence
+    assert (non_image.ReferencedSOPClassUID, non_image.ReferencedSOPInstanceUID) == (
+        SR_CLASS,
+        sr.SOPInstanceUID,
+    )
+    assert dose_series.ReferencedImageSequence == []
+    image_refs = {
+        r.ReferencedSOPInstanceUID
+        for s in final.PerformedSeriesSequence
+        for r in s.ReferencedImageSequence
+    }
+    assert image_refs == {i.SOPInstanceUID for i in images}
+
+
+def test_discontinued_exam_gets_a_report_and_an_exam_without_irradiation_none(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    ris = stack.enter_context(MppsSCP())
+    agent = start(tmp_path, stack, ris.port)
+    ok(agent.cli("exam", "start", "--patient-id", "P2", "--patient-name", "ROE^RICHARD"))
+    token = agent.json("exam", "status")["exam"]["token"]
+    ok(agent.cli("simulate", "--series", "1", "--slices", "2"))
+    ok(agent.cli("exam", "end", "--discontinue", "Patient died"))
+    ok(agent.cli("wait", "--timeout", "60"))
+    _, (sr,) = received(tmp_path / "archive")
+    check_against_records(sr, records(tmp_path / "spool", token))
+    final = ris.messages[-1].dataset
+    assert final.PerformedProcedureStepStatus == "DISCONTINUED"
+    assert any(
+        r.ReferencedSOPInstanceUID == sr.SOPInstanceUID
+        for s in final.PerformedSeriesSequence
+        for r in s.ReferencedNonImageCompositeSOPInstanceSequence
+    )
+    # nobody was irradiated: no report (TID 10011 needs an event), the exam ends as ever
+    ok(agent.cli("exam", "start", "--patient-id", "P3", "--patient-name", "POE^EDGAR"))
+    ok(agent.cli("exam", "end", "--discontinue", "Patient refused to continue procedure"))
+    ok(agent.cli("wait", "--timeout", "60"))
+    _, reports = received(tmp_path / "archive")
+    assert [r.SOPInstanceUID for r in reports] == [sr.SOPInstanceUID]
+    assert ris.messages[-1].dataset.PerformedProcedureStepStatus == "DISCONTINUED"
+    assert not [a for a in agent.json("queue")["alarms"] if a["kind"] == "dose_report_failed"]
+    valid(tmp_path / "archive")
+
+
+def test_localizer_and_dose_check_notification_in_process(tmp_path: Path, stack: ExitStack) -> None:
+    archive = stack.enter_context(storescp(tmp_path / "archive"))
+    cfg = load(write_config(tmp_path, [Dest("PACS", archive, send_while_scanning=False)]))
+    daemon = Daemon(cfg, driver=MockDriver(localizer=True, dose_check_ctdivol_mgy=5.0))
+    daemon.start()
+    stack.callback(daemon.stop)
+    ops = daemon.ops
+    exam = ops.exam_start({"patient_id": "P4", "patient_name": "DOE^JOHN"})["exam"]
+    for _ in range(2):
+        ops.simulate({"series": 1, "slices": 2, "timeout": 60})
+    ops.exam_end({})
+    ops.wait({"timeout": 60})
+    _, (sr,) = received(tmp_path / "archive")
+    kept = records(tmp_path / "spool", exam["token"])
+    kinds = [e.acquisition_type for e in sorted(kept, key=lambda e: e.start_time)]
+    assert kinds == [AcquisitionType.CONSTANT_ANGLE, AcquisitionType.SPIRAL, AcquisitionType.SPIRAL]
+    assert [len(e.alerts) for e in sorted(kept, key=lambda e: e.start_time)] == [0, 1, 1]
+    check_against_records(sr, kept)
+    assert check.problems(sr) == []
+    valid(tmp_path / "archive")
