@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("echo", help="C-ECHO configured peers")
     _config(p)
     p.add_argument("names", nargs="*", help="peer names (default: all)")
+    p = sub.add_parser("tui", help="the technologist's terminal UI, a client of the daemon")
+    p.add_argument("-c", "--config", required=True, type=Path, help="the agent's TOML file")
+    _common(p)
 
     p = sub.add_parser("demo", help="all-in-one: bundled archive, mock scanner, one exam")
     p.add_argument("--slices", type=int, default=120, help="images in the exam (default 120)")

@@ -203,6 +203,15 @@ def echo(args: argparse.Namespace) -> int:
     return code
 
 
+def tui(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    from agent.tui.app import run_tui
+
+    return run_tui(cfg)
+
+
 def _load(args: argparse.Namespace) -> config.Config | None:
     try:
         return config.load(args.config)
