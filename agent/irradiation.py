@@ -43,6 +43,11 @@ class IrradiationRecords:
         """The records acquired under exam `token`, oldest first."""
         return sorted((e for e in self._all() if e.token == token), key=lambda e: e.start_time)
 
+    def by_uid(self, event_uids: set[str]) -> list[IrradiationEvent]:
+        """The records with these Irradiation Event UIDs (e.g. named by images of a series
+        acquired under another token, then assigned)."""
+        return [e for e in self._all() if e.event_uid in event_uids]
+
     def _all(self) -> list[IrradiationEvent]:
         events = []
         for path in sorted(self.folder.glob("*.json")):

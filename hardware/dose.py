@@ -57,8 +57,8 @@ class DoseAlert:
     quantity: AlertQuantity
     configured_value: float  # the configured notification or alert value (mGy or mGy·cm)
     value: float  # the forward estimate (notification) or accumulated value (alert)
-    reason: str  # Reason For Proceeding (113878)
-    person: str  # Person authorizing (113879); "" if none
+    reason: str  # Reason for Proceeding (113907)
+    person: str  # the Person Name (113870) of who authorised proceeding; "" if none
 
 
 @dataclass(frozen=True)

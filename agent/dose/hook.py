@@ -16,7 +16,6 @@ irradiation records, checked, spooled and routed to the exam's destinations like
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from agent.faults import describe
 from agent.irradiation import IrradiationRecords
 from agent.spool import Spool, SpooledInstance
 from hardware.dose import IrradiationEvent
-from hardware.event_codec import EventCodecError, irradiation_from_json
 
 if TYPE_CHECKING:
     from agent.daemon import Daemon
@@ -136,13 +134,7 @@ class DoseReports:
         events = {e.event_uid: e for e in self.records.for_token(token)}
         missing = referenced - set(events)
         if missing:  # acquired under another token, then assigned here
-            for path in sorted(self.records.folder.glob("*.json")):
-                try:
-                    e = irradiation_from_json(json.loads(path.read_bytes()))
-                except (OSError, ValueError, EventCodecError):
-                    continue  # named by IrradiationRecords when it reads them
-                if e.event_uid in missing:
-                    events[e.event_uid] = e
+            events.update((e.event_uid, e) for e in self.records.by_uid(missing))
         return sorted(events.values(), key=lambda e: e.start_time)
 
 
