@@ -29,7 +29,7 @@ from agent.control.server import ControlServer
 from agent.delivery import DestinationSender
 from agent.dicom.assembler import Assembler
 from agent.dicom.uids import UidFactory
-from agent.disk_space import SpaceLimits, SpoolSpace
+from agent.disk_space import Level, SpaceLimits, SpoolSpace
 from agent.events import EventBus
 from agent.exam import Exam
 from agent.exam_book import ExamBook
@@ -39,7 +39,9 @@ from agent.net.outcome import Outcome
 from agent.net.scp import AgentScp, ScpSettings
 from agent.net.sender import SendResult
 from agent.operations import Operations
+from agent.retention import Purged, Retention, RetentionPolicy
 from agent.spool import DeliveryState, Spool, SpooledInstance
+from agent.spool.model import StudySummary
 from agent.worklist.service import ALARM as WORKLIST_ALARM
 from agent.worklist.service import Worklist
 from hardware import open_driver
@@ -130,6 +132,13 @@ class Daemon:
             )
             self._thread("worklist", partial(self.worklist.run, self.stopping), self.worklist.wake)
         self._start_commitment()
+        policy = RetentionPolicy(
+            cfg.agent.retention_days,
+            cfg.agent.spool_budget_mb,
+            frozenset(self.commitment.destinations),
+        )
+        self.retention = Retention(self.spool, policy, self._in_open_exam, self._purged)
+        self._thread("retention", partial(self.retention.run, self.stopping), self.retention.wake)
         self.mpps: MppsService | None = None
         if cfg.mpps is not None:
             self.mpps = MppsService(cfg, cfg.mpps, self.spool, self.alarms, self._changed)
@@ -334,7 +343,23 @@ class Daemon:
 
     def _watch_space(self) -> None:
         while not self.stopping.wait(SPACE_CHECK_S):
-            self.space.check()
+            if self.space.check() is not Level.OK and hasattr(self, "retention"):
+                self.retention.wake()  # delivered studies may make room
+
+    def _in_open_exam(self, study: StudySummary) -> bool:
+        current = self.book.current
+        return current is not None and current.token in study.exam_tokens
+
+    def _purged(self, purged: Purged) -> None:
+        self.record(
+            "purge",
+            outcome=f"{purged.instances} instance(s), {purged.why}",
+            study=purged.study_instance_uid,
+        )
+        self.notify(
+            "delivery.purged",
+            {"study_instance_uid": purged.study_instance_uid, "instances": purged.instances},
+        )
 
     def _changed(self) -> None:
         with self.changed:

@@ -82,3 +82,26 @@ def test_status_reports_the_hardware_and_its_counters(tmp_path: Path, stack: Exi
         status = client.request("status")
     assert status["hardware"] == {"driver": "mock", "counters": {}}
     assert status["counts"]["irradiation_events"] == 0
+
+
+def test_retention_purges_a_delivered_study_never_an_undelivered_one(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    """retention_days = 0: a study goes as soon as it is delivered and its exam ended (the
+    audit trail says so); a study whose archive is down stays, however old."""
+    agent = start(tmp_path, stack, "retention_days = 0\n")
+    r = agent.cli("exam", "start", "--patient-id", "P1", "--patient-name", "DOE^JANE")
+    assert r.returncode == 0, r.stderr
+    assert agent.cli("simulate", "--slices", "3").returncode == 0
+    assert agent.cli("exam", "end").returncode == 0
+    assert agent.cli("wait", "--timeout", "60").returncode == 0
+    agent.stop()
+    agent.start()  # retention looks at start (and every 10 minutes, and when space is low)
+    sock = tmp_path / "control.sock"
+    with ControlClient(sock, timeout=60) as client, ControlClient(sock, timeout=60) as events:
+        stream = iter(events.events(["delivery"]))  # delivery.purged, once purged
+        while client.request("queue")["studies"]:
+            next(stream)
+    purge = [r for r in agent.json("audit")["records"] if r["action"] == "purge"]
+    assert len(purge) == 1 and purge[0]["outcome"].startswith("4 instance(s)")  # 3 + report
+    assert not list((tmp_path / "spool" / "instances").iterdir())

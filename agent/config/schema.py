@@ -231,6 +231,18 @@ SCHEMA: dict[str, Any] = {
                     "description": "associations our SCP serves at once",
                 },
                 "tls": SERVER_TLS,
+                "retention_days": {
+                    "type": "number",
+                    "minimum": 0,
+                    "default": 7,
+                    "description": "a delivered (and committed) study is kept this many days",
+                },
+                "spool_budget_mb": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "default": 0,
+                    "description": "above this, delivered studies go oldest first (0: none)",
+                },
                 "spool_warn_free_mb": {
                     "type": "integer",
                     "minimum": 0,

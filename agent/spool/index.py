@@ -394,6 +394,25 @@ class Index:
             for r in rows
         ]
 
+    def delete_settled(self, sop_uids: Iterable[str]) -> list[tuple[str, str]]:
+        """Remove the rows of those instances whose every delivery is delivered (never one
+        with a delivery still to make); the (study, SOP Instance UID) of those removed."""
+        removed = []
+        with self._write() as conn:
+            for sop in sop_uids:
+                row = conn.execute(
+                    "SELECT seq, study_instance_uid FROM instances WHERE sop_instance_uid = ?"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = instances.seq"
+                    "                 AND d.state != 'delivered')",
+                    (sop,),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute("DELETE FROM deliveries WHERE seq = ?", (row[0],))
+                conn.execute("DELETE FROM instances WHERE seq = ?", (row[0],))
+                removed.append((str(row[1]), sop))
+        return removed
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read-only query (for summary.py), under the lock."""
         with self._read() as conn:

@@ -5,6 +5,7 @@ Layout under `root`:
     index.sqlite3 (+ -wal, -shm)          instances and deliveries (see index.py)
     instances/<study UID>/<SOP UID>.dcm   accepted files, never rewritten with other bytes
     orphans/<study UID>/<SOP UID>.dcm     files found without an index row (never accepted)
+    purging/<n>.json                      a purge under way: finished by the next open
 
 Times (accepted_at, next_attempt) are wall-clock epoch seconds: a monotonic clock restarts with
 the process, and retry times must survive a restart. The wall clock can step; recovery pulls any
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import threading
 import time
@@ -79,6 +81,7 @@ class Spool:
         self._max_retry_delay = max_retry_delay
         self._instances = self.root / "instances"
         self._orphans = self.root / "orphans"
+        self._purging = self.root / "purging"
         self._make_layout()
         self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
@@ -93,6 +96,7 @@ class Spool:
             raise
         try:
             files.fsync_dir(self.root)
+            self._finish_purges()  # before recovery, which would call their files orphans
             self.recovery: RecoveryReport = recover(
                 self._instances, self._orphans, self._index, clock(), max_retry_delay
             )
@@ -111,7 +115,7 @@ class Spool:
 
     def _make_layout(self) -> None:
         files.make_dirs(self.root)
-        for sub in (self._instances, self._orphans):
+        for sub in (self._instances, self._orphans, self._purging):
             files.make_dir(sub)  # made durable by the fsync of root that follows
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -324,6 +328,62 @@ class Spool:
             "state = 'failed', attempts = attempts + 1, last_error = :error",
             {"now": self._clock(), "error": error},
         )
+
+    # -- retention (agent.retention) ----------------------------------------------------
+
+    def purge(self, instances: Sequence[SpooledInstance]) -> int:
+        """Remove delivered instances for good: their rows, then their files. Only those whose
+        every delivery is delivered go (an instance with anything left to send stays). The
+        intent is written first, so that a crash half-way is finished by the next open."""
+        if not instances:
+            return 0
+        doc = [[i.study_instance_uid, i.sop_instance_uid] for i in instances]
+        intent = self._purging / f"{time.time_ns()}.json"
+        files.create_durable(intent, json.dumps(doc).encode())
+        return self._purge(intent)
+
+    def _purge(self, intent: Path) -> int:
+        pairs = [(str(study), str(sop)) for study, sop in json.loads(intent.read_bytes())]
+        removed = self._index.delete_settled([sop for _, sop in pairs])
+        studies: set[Path] = set()
+        for study, sop in pairs:
+            if self._index.get(sop) is not None:
+                continue  # still to send somewhere: kept
+            path = files.instance_path(self._instances, study, sop)
+            with suppress(FileNotFoundError):  # gone before a crash
+                path.unlink()
+            studies.add(path.parent)
+        for folder in studies:
+            if folder.exists():
+                files.fsync_dir(folder)
+                with suppress(OSError):
+                    folder.rmdir()  # empty: the study is gone
+        files.fsync_dir(self._instances)
+        files.remove_durable(intent)
+        return len(removed)
+
+    def _finish_purges(self) -> None:
+        for intent in sorted(self._purging.glob("*.json")):
+            try:
+                self._purge(intent)
+            except ValueError:  # a torn intent (crash while it was written): nothing done yet
+                intent.unlink()
+
+    def last_delivered(self) -> dict[str, float]:
+        """Per study, the latest delivery or commitment time of its instances (epoch s)."""
+        rows = self._index.query(
+            "SELECT i.study_instance_uid, max(max(coalesce(d.delivered_at, 0),"
+            " coalesce(d.committed_at, 0))) FROM deliveries d JOIN instances i ON i.seq = d.seq"
+            " GROUP BY i.study_instance_uid"
+        )
+        return {str(study): float(t or 0) for study, t in rows}
+
+    def size_bytes(self) -> dict[str, int]:
+        """Per study, the bytes of its accepted files."""
+        rows = self._index.query(
+            "SELECT study_instance_uid, sum(size) FROM instances GROUP BY study_instance_uid"
+        )
+        return {str(study): int(n or 0) for study, n in rows}
 
     # -- storage commitment of delivered instances (agent.commitment) -------------------
 
