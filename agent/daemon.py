@@ -42,6 +42,7 @@ from agent.operations import Operations
 from agent.retention import Purged, Retention, RetentionPolicy
 from agent.spool import DeliveryState, Spool, SpooledInstance
 from agent.spool.model import StudySummary
+from agent.spool_rebuild import adopt_orphans
 from agent.worklist.service import ALARM as WORKLIST_ALARM
 from agent.worklist.service import Worklist
 from hardware import open_driver
@@ -77,6 +78,15 @@ class Daemon:
         cfg.agent.spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(cfg.agent.spool_dir)
         self._undo.append(self.spool.close)
+        self.book = ExamBook(cfg.agent.spool_dir / "exams.json")
+        if self.spool.rebuilt is not None:
+            adopted, left = adopt_orphans(self.spool, self.book, cfg)
+            self.alarms.raise_(
+                "spool_rebuilt",
+                f"the spool's index was damaged: set aside in {self.spool.rebuilt}, rebuilt "
+                f"from the files ({adopted} accepted again and sent again, {left} unreadable "
+                "left in orphans)",
+            )
         self._check_spool()
         self.audit = AuditTrail(cfg.agent.spool_dir / "audit.log")
         self.record("agent.start", os_user=_os_user())
@@ -85,7 +95,6 @@ class Daemon:
         self.space = SpoolSpace(cfg.agent.spool_dir, limits, self.alarms)
         self.space.check()
         self._thread("disk", self._watch_space, lambda: None)
-        self.book = ExamBook(cfg.agent.spool_dir / "exams.json")
         self.uids = UidFactory(cfg.agent.uid_root)
         self.holding = Holding(cfg.agent.spool_dir / "unassigned", self.uids)
         for held in self.holding.series():

@@ -18,7 +18,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,6 +49,7 @@ from .model import (
 from .recovery import recover
 from .summary import summarize
 
+log = logging.getLogger(__name__)
 _ACTIVE = ("pending", "sending")
 
 
@@ -89,19 +92,16 @@ class Spool:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise SpoolLocked(f"{self.root} is already open (another agent running?)") from None
+        self.rebuilt: Path | None = None  # where a damaged index was set aside, if one was
         try:
-            self._index = Index(self.root / "index.sqlite3")
+            try:
+                self._open_index(max_retry_delay)
+            except sqlite3.DatabaseError as e:
+                # the index is damaged: set aside (kept), a new one made, and every file found
+                # becomes an orphan, for the caller to adopt (agent.spool_rebuild)
+                self.rebuilt = self._set_aside_index(e)
+                self._open_index(max_retry_delay)
         except BaseException:
-            os.close(self._lock_fd)
-            raise
-        try:
-            files.fsync_dir(self.root)
-            self._finish_purges()  # before recovery, which would call their files orphans
-            self.recovery: RecoveryReport = recover(
-                self._instances, self._orphans, self._index, clock(), max_retry_delay
-            )
-        except BaseException:
-            self._index.close()
             os.close(self._lock_fd)
             raise
         self._late_orphans = [_orphan_problem(p) for p in self.recovery.orphans_moved]
@@ -112,6 +112,38 @@ class Spool:
         self._inflight_cond = threading.Condition()
         self._closed = False
         self._close_lock = threading.Lock()
+
+    def _open_index(self, max_retry_delay: float) -> None:
+        self._index = Index(self.root / "index.sqlite3")
+        try:
+            files.fsync_dir(self.root)
+            self._finish_purges()  # before recovery, which would call their files orphans
+            self.recovery: RecoveryReport = recover(
+                self._instances, self._orphans, self._index, self._clock(), max_retry_delay
+            )
+        except BaseException:
+            self._index.close()
+            raise
+
+    def _set_aside_index(self, error: Exception) -> Path:
+        damaged = self.root / "damaged" / f"index-{time.time_ns()}"
+        files.make_dirs(damaged)
+        for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"):
+            with suppress(FileNotFoundError):
+                os.rename(self.root / name, damaged / name)
+        files.fsync_dir(damaged)
+        files.fsync_dir(self.root)
+        log.error(
+            "spool: index damaged (%s): set aside in %s, rebuilt from the files", error, damaged
+        )
+        return damaged
+
+    def adopt(self, orphan: Path, record: InstanceRecord, destinations: Sequence[str]) -> None:
+        """An orphan (moved aside by an index rebuild) accepted again under `record`, then
+        removed from orphans/: its deliveries start afresh."""
+        self.accept(record, orphan.read_bytes(), destinations)
+        files.remove_durable(orphan)
+        self._late_orphans = [p for p in self._late_orphans if p.path != orphan]
 
     def _make_layout(self) -> None:
         files.make_dirs(self.root)
