@@ -8,6 +8,7 @@ systemd is told READY and the watchdog is fed while every component thread is al
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pwd
@@ -89,7 +90,7 @@ class Daemon:
             )
         self._check_spool()
         self.audit = AuditTrail(cfg.agent.spool_dir / "audit.log")
-        self.record("agent.start", os_user=_os_user())
+        self._record_start()
         self._undo.append(self._audit_stop)
         limits = SpaceLimits(cfg.agent.spool_warn_free_mb, cfg.agent.spool_refuse_free_mb)
         self.space = SpoolSpace(cfg.agent.spool_dir, limits, self.alarms)
@@ -335,6 +336,26 @@ class Daemon:
         self.wake(self.route(exam).now)
         if self.mpps is not None:
             self.mpps.image_accepted(exam, item.record.series_instance_uid)
+
+    def _record_start(self) -> None:
+        """agent.start, with the config file's digest; a digest other than the last start's
+        is a config change, recorded as such (who changed it the file system knows)."""
+        try:
+            digest = hashlib.sha256(self.cfg.source.read_bytes()).hexdigest()
+        except OSError:
+            digest = ""
+        records, _ = self.audit.read()
+        starts = [r for r in records if r["action"] == "agent.start"]
+        before = starts[-1]["objects"].get("config_sha256") if starts else None
+        if before is not None and before != digest:
+            self.record(
+                "config.change",
+                os_user=_os_user(),
+                config=str(self.cfg.source),
+                before=before,
+                after=digest,
+            )
+        self.record("agent.start", os_user=_os_user(), config_sha256=digest)
 
     def _audit_stop(self) -> None:
         self.record("agent.stop", os_user=_os_user())

@@ -55,6 +55,13 @@ def test_audit_trail_of_an_exam(tmp_path: Path, stack: ExitStack) -> None:
         "agent.stop",
         "agent.start",
     ]
+    agent.stop()
+    agent.config.write_text(agent.config.read_text().replace('"CT1"', '"CT2"'))
+    agent.start()  # started with another config: a config change, recorded
+    change, start_again = agent.json("audit")["records"][-2:]
+    assert change["action"] == "config.change" and start_again["action"] == "agent.start"
+    assert change["objects"]["after"] == start_again["objects"]["config_sha256"]
+    assert change["objects"]["before"] != change["objects"]["after"]
 
 
 def test_spool_disk_low_refuses_new_exams_with_the_reason(tmp_path: Path, stack: ExitStack) -> None:
