@@ -6,6 +6,7 @@ published so that the TUI shows it at once.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +22,19 @@ class Alarm:
     subject: str  # what it is about: a destination, a series UID, ... ("" for the agent)
     message: str
     since: datetime
+    acknowledged_by: str = ""  # the operator who saw it (this raising of it)
+    acknowledged_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
+        seen = self.acknowledged_at
         return {
             "kind": self.kind,
             "subject": self.subject,
             "message": self.message,
             "since": utc_iso(self.since),
+            "acknowledged": (
+                None if seen is None else {"by": self.acknowledged_by, "at": utc_iso(seen)}
+            ),
         }
 
 
@@ -42,9 +49,24 @@ class Alarms:
             old = self._active.get((kind, subject))
             if old is not None and old.message == message:
                 return
-            since = old.since if old else datetime.now(UTC)
-            alarm = self._active[(kind, subject)] = Alarm(kind, subject, message, since)
+            if old is not None:  # the same raising, said anew: its acknowledgement stands
+                alarm = dataclasses.replace(old, message=message)
+            else:
+                alarm = Alarm(kind, subject, message, datetime.now(UTC))
+            self._active[(kind, subject)] = alarm
         self._notify("alarm.raised", alarm.to_json())
+
+    def acknowledge(self, kind: str, subject: str, by: str) -> Alarm | None:
+        """The operator saw it: shown as such to every client until it is cleared (the alarm
+        itself stays while its cause lasts). None when no such alarm is active."""
+        with self._lock:
+            old = self._active.get((kind, subject))
+            if old is None:
+                return None
+            alarm = dataclasses.replace(old, acknowledged_by=by, acknowledged_at=datetime.now(UTC))
+            self._active[(kind, subject)] = alarm
+        self._notify("alarm.acknowledged", alarm.to_json())
+        return alarm
 
     def clear(self, kind: str, subject: str = "") -> None:
         with self._lock:

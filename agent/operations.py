@@ -433,9 +433,9 @@ class Operations:
         """The operator saw it: recorded; the alarm stays while its cause lasts."""
         kind = _string(args, "kind", 64, required=True)
         subject = _string(args, "subject", 128)
-        if not self.d.alarms.is_active(kind, subject):
-            raise OpError("not_found", f"no active alarm {kind} {subject}".rstrip())
         operator = _string(args, "operator", 64)
+        if self.d.alarms.acknowledge(kind, subject, operator or caller_user()) is None:
+            raise OpError("not_found", f"no active alarm {kind} {subject}".rstrip())
         self.d.record(
             "alarm.acknowledge",
             operator=operator,

@@ -79,7 +79,8 @@ def test_spool_disk_low_refuses_new_exams_with_the_reason(tmp_path: Path, stack:
         assert client.request("status")["disk"]["level"] == "full"
         # the operator saw it: recorded; the alarm stays while its cause lasts
         client.request("alarm.acknowledge", {"kind": "disk_low", "operator": "RT SMITH"})
-        assert client.request("status")["alarms"][0]["kind"] == "disk_low"
+        (alarm,) = client.request("status")["alarms"]
+        assert alarm["kind"] == "disk_low" and alarm["acknowledged"]["by"] == "RT SMITH"
     assert agent.json("audit")["records"][-1]["action"] == "alarm.acknowledge"
 
 

@@ -99,6 +99,20 @@ def test_acknowledged_alarm_leaves_the_bar_but_not_the_list() -> None:
     assert b.newest_unacknowledged() == again
 
 
+def test_an_alarm_acknowledged_at_another_console_leaves_this_bar_too() -> None:
+    """The daemon keeps acknowledgements: an event from another TUI, or a status read after a
+    restart of this one, shows the alarm as seen."""
+    alarm = {"kind": "disk_low", "subject": "", "message": "low", "since": "2026-01-01T08:00:00Z"}
+    b = Board()
+    b.apply(1, "alarm.raised", {**alarm, "acknowledged": None})
+    seen = {**alarm, "acknowledged": {"by": "RT JONES", "at": "2026-01-01T08:05:00Z"}}
+    b.apply(2, "alarm.acknowledged", seen)
+    assert b.newest_unacknowledged() is None and b.alarms_newest_first() == [seen]
+    fresh = Board()
+    fresh.take_status({"exam": None, "alarms": [seen]})
+    assert fresh.newest_unacknowledged() is None
+
+
 def test_emergency_form() -> None:
     blank = {"em-id": "", "em-name": "", "em-birth": "", "em-sex": ""}
     assert request_args(blank) == {"unscheduled": True}

@@ -52,6 +52,9 @@ class Board:
         self._take_exam(doc.get("exam"))
         self.alarms = {(a["kind"], a["subject"]): a for a in doc.get("alarms", [])}
         self._forget_acknowledged()
+        for key, alarm in self.alarms.items():
+            if alarm.get("acknowledged"):  # seen at another console, or before a restart
+                self.acknowledged[key] = alarm["since"]
 
     def take_exam_status(self, doc: dict[str, Any]) -> None:
         self._take_exam(doc.get("exam"))
@@ -112,9 +115,12 @@ class Board:
             changes.ask.add("exam.status")
         elif topic == "delivery":
             changes.ask.add("queue")
-        elif name == "alarm.raised":
-            self.alarms[(data["kind"], data["subject"])] = data
+        elif name in ("alarm.raised", "alarm.acknowledged"):
+            key = (data["kind"], data["subject"])
+            self.alarms[key] = data
             self._forget_acknowledged()
+            if data.get("acknowledged"):  # by any console: the daemon keeps it
+                self.acknowledged[key] = data["since"]
             changes.parts.add("alarms")
         elif name == "alarm.cleared":
             self.alarms.pop((data["kind"], data["subject"]), None)
