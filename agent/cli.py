@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accession")
     p.add_argument("--sps-id", help="Scheduled Procedure Step ID")
     p.add_argument("--cached", action="store_true", help="the last good list, without asking")
+    p = sub.add_parser(
+        "dose-check", help="check CT Radiation Dose SR files against TID 10011 (exit 0 or 1)"
+    )
+    p.add_argument("files", nargs="+", type=Path)
+    _common(p)
     p = sub.add_parser("audit", help="the audit trail: who did what, when (newest last)")
     _config(p)
     p.add_argument("--last", type=int, default=100, help="how many records (default 100)")

@@ -221,6 +221,12 @@ def _load(args: argparse.Namespace) -> config.Config | None:
         return None
 
 
+def dose_check(args: argparse.Namespace) -> int:
+    from agent.dose.check import main as check
+
+    return check([str(f) for f in args.files])
+
+
 def audit(args: argparse.Namespace) -> int:
     return _call(args, "audit", {"last": args.last}, show=_show_audit)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -255,3 +256,16 @@ def test_device_observer_uid_is_stable() -> None:
     assert document.device_observer_uid(EQUIPMENT) != document.device_observer_uid(
         Equipment("Example Medical", "CT-1", "SN0002", "CT1", "General Hospital", "1.0")
     )
+
+
+def test_dose_check_command(tmp_path: Path) -> None:
+    """`modality-agent dose-check FILE...`: exit 0 for a good report, 1 naming the problem."""
+    good = write(tmp_path, build(), "good.dcm")
+    bad_ds = build()
+    _dlp_total_off(bad_ds)
+    bad = write(tmp_path, bad_ds, "bad.dcm")
+    agent = [sys.executable, "-m", "agent", "dose-check"]
+    ok = subprocess.run([*agent, str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "TID 10011 content OK" in ok.stdout
+    no = subprocess.run([*agent, str(good), str(bad)], capture_output=True, text=True)
+    assert no.returncode == 1 and "not the sum" in no.stdout
