@@ -16,7 +16,7 @@ from tests import test_worklist as wl
 from tests.agent_process import Agent, Dest, write_config
 from tests.orthanc import orthanc as run_orthanc
 from tests.orthanc import plugin
-from tests.peers import VALIDATE_DICOM, require, storescp
+from tests.peers import VALIDATE_DICOM, XRAY_DOSE_SR, require, storescp
 
 PN, LO = 0x00100010, 0x00081030
 
@@ -49,8 +49,10 @@ def acquire(agent: Agent, *start_args: str) -> dict[str, object]:
 
 
 def images(tmp_path: Path) -> list[pydicom.Dataset]:
+    """The CT images at the archive (the exam's dose report left out)."""
     files = sorted(f for f in (tmp_path / "archive").rglob("*") if f.is_file())
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    found = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    return [ds for ds in found if ds.SOPClassUID != XRAY_DOSE_SR]
 
 
 def raw(ds: pydicom.Dataset, tag: int) -> bytes:

@@ -139,7 +139,13 @@ def _sr_document_general(ds: Dataset, exam: Exam, created: datetime, evidence: E
         for keyword in _REFERENCED_REQUEST_KEYS:
             if keyword in request:
                 item[keyword] = request[keyword]
-        for keyword in ("AccessionNumber", "RequestedProcedureID", "RequestedProcedureDescription"):
+        for keyword in (  # Type 2 in the SR Document General module's request item
+            "AccessionNumber",
+            "PlacerOrderNumberImagingServiceRequest",
+            "FillerOrderNumberImagingServiceRequest",
+            "RequestedProcedureID",
+            "RequestedProcedureDescription",
+        ):
             if keyword not in item:
                 setattr(item, keyword, "")
         item.RequestedProcedureCodeSequence = []
