@@ -56,13 +56,21 @@ def valid(archive: Path) -> None:
         assert out.returncode == 0 and "E:" not in out.stderr, out.stderr
 
 
+def simulated_too(cfg: Path) -> None:
+    """The mock's acquisitions get a report only when asked (no made-up dose in a registry)."""
+    text = cfg.read_text().replace("[agent]\n", "[agent]\ndose_report_when_simulated = true\n", 1)
+    cfg.write_text(text)
+
+
 def start(tmp_path: Path, stack: ExitStack, ris_port: int) -> Agent:
     archive = stack.enter_context(storescp(tmp_path / "archive"))
     extra = (
         f'\n[mpps]\nae_title = "RIS"\nhost = "127.0.0.1"\nport = {ris_port}\n'
         "connect_timeout = 2\nacse_timeout = 5\ndimse_timeout = 5\n"
     )
-    agent = Agent(write_config(tmp_path, [Dest("PACS", archive)], extra), tmp_path / "d.log")
+    cfg = write_config(tmp_path, [Dest("PACS", archive)], extra)
+    simulated_too(cfg)
+    agent = Agent(cfg, tmp_path / "d.log")
     agent.start()
     stack.callback(agent.stop)
     return agent
@@ -155,7 +163,9 @@ def test_discontinued_exam_gets_a_report_and_an_exam_without_irradiation_none(
 
 def test_localizer_and_dose_check_notification_in_process(tmp_path: Path, stack: ExitStack) -> None:
     archive = stack.enter_context(storescp(tmp_path / "archive"))
-    cfg = load(write_config(tmp_path, [Dest("PACS", archive, send_while_scanning=False)]))
+    path = write_config(tmp_path, [Dest("PACS", archive, send_while_scanning=False)])
+    simulated_too(path)
+    cfg = load(path)
     daemon = Daemon(cfg, driver=MockDriver(localizer=True, dose_check_ctdivol_mgy=5.0))
     daemon.start()
     stack.callback(daemon.stop)

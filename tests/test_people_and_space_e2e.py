@@ -111,5 +111,5 @@ def test_retention_purges_a_delivered_study_never_an_undelivered_one(
         while client.request("queue")["studies"]:
             next(stream)
     purge = [r for r in agent.json("audit")["records"] if r["action"] == "purge"]
-    assert len(purge) == 1 and purge[0]["outcome"].startswith("4 instance(s)")  # 3 + report
+    assert len(purge) == 1 and purge[0]["outcome"].startswith("3 instance(s)")
     assert not list((tmp_path / "spool" / "instances").iterdir())

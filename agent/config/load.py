@@ -178,6 +178,7 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
         control_socket=_relative_to(source, a["control_socket"]),
         uid_root=a.get("uid_root"),
         listen_port=a.get("listen_port"),
+        dose_report_when_simulated=a.get("dose_report_when_simulated", False),
         retention_days=float(a.get("retention_days", 7)),
         spool_budget_mb=a.get("spool_budget_mb", 0),
         spool_warn_free_mb=a.get("spool_warn_free_mb", 1000),

@@ -22,6 +22,7 @@ class AgentSettings:
     control_socket: Path
     uid_root: str | None = None  # None: 2.25 UUID-derived UIDs
     listen_port: int | None = None
+    dose_report_when_simulated: bool = False  # made-up dose must not reach a registry
     retention_days: float = 7.0  # a delivered (and committed) study is kept this long
     spool_budget_mb: int = 0  # above this, delivered studies are purged oldest first; 0: none
     spool_warn_free_mb: int = 1000  # free space on the spool's disk: below, an alarm

@@ -231,6 +231,11 @@ SCHEMA: dict[str, Any] = {
                     "description": "associations our SCP serves at once",
                 },
                 "tls": SERVER_TLS,
+                "dose_report_when_simulated": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "a dose report for simulated acquisitions too (integrators)",
+                },
                 "retention_days": {
                     "type": "number",
                     "minimum": 0,

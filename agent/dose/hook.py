@@ -56,6 +56,7 @@ class DoseReports:
     route: Callable[[Exam], Routing]
     wake: Callable[[Iterable[str]], None]
     clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
+    when_simulated: bool = False  # a report for simulated acquisitions too (integrators)
 
     def exam_ended(self, exam: Exam) -> SpooledInstance | None:
         """The exam's report, spooled and routed (the one already spooled, if any); None
@@ -70,6 +71,10 @@ class DoseReports:
             if inst.record.sop_class_uid == XRayRadiationDoseSRStorage:
                 return inst
         evidence, referenced = self._evidence(mine)
+        if evidence.simulated and not self.when_simulated:
+            # nobody was irradiated: a report would put made-up dose into dose registries
+            log.info("exam %s: simulated acquisition, no dose report", exam.token)
+            return None
         events = self._events(exam.token, referenced)
         if not events:
             log.info("exam %s: no irradiation record, no dose report", exam.token)
@@ -146,6 +151,7 @@ def for_daemon(d: Daemon) -> DoseReports:
         uids=d.uids,
         route=d.route,
         wake=d.wake,
+        when_simulated=d.cfg.agent.dose_report_when_simulated,
     )
 
 
