@@ -30,6 +30,8 @@ from hardware.directory import slice_names
 from hardware.serial_simulator import SerialReconstructor, SimulatorError
 from hardware.simulator import DropFolderReconstructor, Plan, Played, Reconstructor, parse_faults
 
+RELEASE_POLL_S = 0.2  # how often the ring is looked at once every slice was taken
+
 
 def reconstructor_for(cfg: Config, timeout: float | None = None) -> Reconstructor | None:
     """The far side of the configured interface, or None where there is none."""
@@ -142,8 +144,11 @@ def _wait(
                 if e.code != "timeout":
                     raise
                 return got  # the daemon did not answer in time
-            if (got >= wanted and not left_behind()) or left <= 0:
+            if left <= 0 or (got >= wanted and not left_behind()):
                 return got
+            if got >= wanted:  # all taken, a slot not yet seen released: that has no event
+                time.sleep(min(RELEASE_POLL_S, left))  # (a lost release is repaired later)
+                continue
             next(stream, None)  # a slice event, or the deadline (then one last look)
     finally:
         timer.cancel()
