@@ -95,7 +95,6 @@ class Daemon:
         limits = SpaceLimits(cfg.agent.spool_warn_free_mb, cfg.agent.spool_refuse_free_mb)
         self.space = SpoolSpace(cfg.agent.spool_dir, limits, self.alarms)
         self.space.check()
-        self._thread("disk", self._watch_space, lambda: None)
         self.uids = UidFactory(cfg.agent.uid_root)
         self.holding = Holding(cfg.agent.spool_dir / "unassigned", self.uids)
         for held in self.holding.series():
@@ -149,6 +148,7 @@ class Daemon:
         )
         self.retention = Retention(self.spool, policy, self._in_open_exam, self._purged)
         self._thread("retention", partial(self.retention.run, self.stopping), self.retention.wake)
+        self._thread("disk", self._watch_space, lambda: None)
         self.mpps: MppsService | None = None
         if cfg.mpps is not None:
             self.mpps = MppsService(cfg, cfg.mpps, self.spool, self.alarms, self._changed)
@@ -373,7 +373,7 @@ class Daemon:
 
     def _watch_space(self) -> None:
         while not self.stopping.wait(SPACE_CHECK_S):
-            if self.space.check() is not Level.OK and hasattr(self, "retention"):
+            if self.space.check() is not Level.OK:
                 self.retention.wake()  # delivered studies may make room
 
     def _in_open_exam(self, study: StudySummary) -> bool:

@@ -117,22 +117,26 @@ class CommitmentService:
                 continue
             refs, stale = self._uncommitted(dest.name, uid)
             if stale:  # requested before a crash that lost the request: asked again
-                self.spool.forget_commitment(stale, dest.name)
-                refs += [r for r in self._uncommitted(dest.name, uid)[0] if r not in refs]
+                self.spool.forget_commitment([r.sop_instance_uid for r in stale], dest.name)
+                refs += stale
             if refs and not self._ask(dest, uid, refs):
                 return
 
-    def _uncommitted(self, destination: str, study: str) -> tuple[list[InstanceRef], list[str]]:
+    def _uncommitted(
+        self, destination: str, study: str
+    ) -> tuple[list[InstanceRef], list[InstanceRef]]:
         """Delivered and not asked for; and those marked requested by no known request."""
-        refs, stale = [], []
+        refs: list[InstanceRef] = []
+        stale: list[InstanceRef] = []
         for inst in self.spool.instances(study):
             for d in self.spool.deliveries(inst.sop_instance_uid):
                 if d.destination != destination or d.state is not DeliveryState.DELIVERED:
                     continue
+                ref = InstanceRef(inst.record.sop_class_uid, inst.sop_instance_uid)
                 if d.commitment is None:
-                    refs.append(InstanceRef(inst.record.sop_class_uid, inst.sop_instance_uid))
+                    refs.append(ref)
                 elif d.commitment is CommitmentState.REQUESTED:
-                    stale.append(inst.sop_instance_uid)
+                    stale.append(ref)
         return refs, stale
 
     def _ask(self, dest: Destination, study: str, refs: list[InstanceRef]) -> bool:

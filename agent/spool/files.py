@@ -84,6 +84,17 @@ def write_durable(final: Path, data: bytes) -> None:
 def write_in_place(final: Path, data: bytes) -> None:
     """`write_durable` but for the folder fsync: the file's bytes are durable on return, its
     name only once the caller has fsynced the folder (which may cover several files)."""
+    tmp = _synced_temp(final, data)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _synced_temp(final: Path, data: bytes) -> Path:
+    """`data` in a new temporary file beside `final`, fsynced; removed again on failure."""
     tmp = temp_path(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
@@ -92,11 +103,11 @@ def write_in_place(final: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return tmp
 
 
 def remove_durable(path: Path) -> None:
@@ -134,14 +145,8 @@ def create_durable(final: Path, data: bytes) -> None:
 
     The temporary file is published with link(), which fails on an existing name where
     rename() would silently replace it (two writers choosing the same name)."""
-    tmp = temp_path(final)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    tmp = _synced_temp(final, data)
     try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.link(tmp, final)
     finally:
         with contextlib.suppress(OSError):
