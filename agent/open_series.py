@@ -95,6 +95,10 @@ class OpenSeries:
         if found is not None and found.series_instance_uid == series.series_instance_uid:
             self._received[series.series_key].add(index)
 
+    def series_instance_uids(self) -> set[str]:
+        """Safe to call from any thread: one copy of the values, taken under the GIL."""
+        return {s.series_instance_uid for s in list(self._open.values())}
+
     def close(self, series_key: str) -> None:
         """The series ended: forgotten (durably)."""
         series = self._open[series_key]

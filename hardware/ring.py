@@ -161,9 +161,11 @@ def begin_slot_write(buf: memoryview, header: RingHeader, slot: int, seq: int) -
 
 
 def write_slot_payload(
-    buf: memoryview, header: RingHeader, slot: int, rows: int, columns: int, payload: bytes
-) -> int:
-    """Writer step 2: metadata and pixels. Returns the CRC-32 of the payload."""
+    buf: memoryview, header: RingHeader, slot: int, rows: int, columns: int, payload: bytes,
+    crc: int | None = None,
+) -> int:  # fmt: skip
+    """Writer step 2: metadata and pixels. Returns the CRC-32 of the payload (`crc`, when the
+    writer already knows it: a reconstructor writing the same pixels again)."""
     off = header.slot_offset(slot)
     length = len(payload)
     if (
@@ -172,7 +174,8 @@ def write_slot_payload(
         or not 0 < columns <= header.max_columns
     ):
         raise RingError(f"payload of {length} bytes for {rows}x{columns} does not fit")
-    crc = zlib.crc32(payload)
+    if crc is None:
+        crc = zlib.crc32(payload)
     _META.pack_into(buf, off + 8, length, crc, rows, columns)
     lo, hi = _SLOT_RESERVED
     buf[off + lo : off + hi] = bytes(hi - lo)
@@ -189,11 +192,11 @@ def end_slot_write(buf: memoryview, header: RingHeader, slot: int, seq: int) -> 
 
 def write_slot(
     buf: memoryview, header: RingHeader, slot: int, seq: int, rows: int, columns: int,
-    payload: bytes,
+    payload: bytes, crc: int | None = None,
 ) -> int:  # fmt: skip
     """All three writer steps in order (the device side, and the simulator). Returns the CRC."""
     begin_slot_write(buf, header, slot, seq)
-    crc = write_slot_payload(buf, header, slot, rows, columns, payload)
+    crc = write_slot_payload(buf, header, slot, rows, columns, payload, crc)
     end_slot_write(buf, header, slot, seq)
     return crc
 

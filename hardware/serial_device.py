@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import grp
 import itertools
 import os
 import random
@@ -42,7 +43,7 @@ import numpy.typing as npt
 
 from hardware.base import SeriesStart, SliceReady
 from hardware.mock import PIXEL_SPACING_MM, simulated_series_start
-from hardware.phantom import shared_phantom
+from hardware.phantom import Phantom, shared_phantom
 from hardware.protocol import (
     FLAG_RETRANSMIT,
     HEARTBEAT_INTERVAL_S,
@@ -86,6 +87,8 @@ from hardware.ring import (
 
 SHM_DIR = Path("/dev/shm")
 OBSERVED = 256  # recent tokens, ACKs and re-requests kept for tests: the simulator runs for days
+POSITIONS = 24  # anatomy steps of a scan's series (the phantom's levels)
+NOISE_VARIANTS = 4  # noise patterns a scan's slices cycle through
 
 
 @dataclass
@@ -115,8 +118,10 @@ class SerialDevice:
         link_timeout_s: float = LINK_TIMEOUT_S,
         device_serial: str = "SIM0001",
         keep_written: bool = True,
+        ring_group: str | int | None = None,
     ) -> None:
         self.ring_name = ring_name
+        self.ring_group = ring_group
         self.line_path = Path(line_path)
         self.header = RingHeader(
             slot_count=slot_count,
@@ -190,10 +195,20 @@ class SerialDevice:
         return SHM_DIR / self.ring_name
 
     def start(self) -> None:
+        """Create the ring (mode 0660; group `ring_group` when given, so that an agent running
+        as another user in that group can map it) and the line, and start serving."""
         import mmap
 
+        gid = -1 if self.ring_group is None else _group_id(self.ring_group)
         fd = os.open(self.ring_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o660)
         try:
+            if gid != -1:
+                try:
+                    os.fchown(fd, -1, gid)
+                except OSError as e:
+                    raise OSError(
+                        e.errno, f"{self.ring_path}: cannot give it to group {self.ring_group!r}"
+                    ) from e
             os.fchmod(fd, 0o660)
             os.ftruncate(fd, self.header.total_size)
             mm = mmap.mmap(fd, self.header.total_size, mmap.MAP_SHARED)
@@ -368,6 +383,7 @@ class SerialDevice:
             phantom = shared_phantom(rows, cols, PIXEL_SPACING_MM)
             acquired = datetime.now(UTC) - timedelta(seconds=5)
             for s in range(series):
+                reconstructed = ScanSlices(phantom, slices, seed=s * 1000)
                 key = self.new_series_key()
                 # the 5 mm standard reconstruction: its slices are 5 mm apart below
                 self.begin_series(
@@ -375,15 +391,16 @@ class SerialDevice:
                 )
                 for index in range(slices):
                     z = -5.0 * index
+                    pixels, encoded = reconstructed.slice(index)
                     slice_ = SliceReady(
                         series_key=key,
                         index=index,
                         image_position=(-22.05, -22.05, z),
                         table_position_mm=-z,
                         acquisition_time=acquired + timedelta(seconds=index * 0.01),
-                        pixels=phantom.slice(index / max(1, slices - 1), s * 1000 + index),
+                        pixels=pixels,
                     )
-                    if not self.put_slice(slice_):
+                    if not self.put_slice(slice_, encoded=encoded):
                         return
                 self.end_series(key, slices)
         finally:
@@ -412,11 +429,13 @@ class SerialDevice:
         corrupt: bool = False,
         drop: bool = False,
         reorder: bool = False,
+        encoded: tuple[bytes, int] | None = None,
     ) -> bool:
         """Wait for a FREE slot (backpressure), write the pixels, announce the slice; the slot
         stays HELD until the host releases it. False when the device is closing. Faults of
         this slice alone: its slot `tear`n until re-requested; its SLICE_READY frame sent with
-        a broken CRC (`corrupt`), never sent (`drop`), or after the next frame (`reorder`)."""
+        a broken CRC (`corrupt`), never sent (`drop`), or after the next frame (`reorder`).
+        `encoded`: the pixels already as ring bytes with their CRC-32 (`ScanSlices`)."""
         with self._cond:
             if not self._free:
                 self.blocked += 1
@@ -430,10 +449,10 @@ class SerialDevice:
             seq = next(self._slot_seq)
             self._writing += 1
         try:
-            payload = np.ascontiguousarray(slice_.pixels, dtype="<u2").tobytes()
+            payload, known_crc = encoded or (_ring_bytes(slice_.pixels), None)
             assert self._buf is not None
             rows, cols = slice_.pixels.shape
-            crc = write_slot(self._buf, self.header, slot, seq, rows, cols, payload)
+            crc = write_slot(self._buf, self.header, slot, seq, rows, cols, payload, known_crc)
         finally:
             with self._cond:
                 self._writing -= 1
@@ -756,6 +775,50 @@ class SerialDevice:
             lost = SliceLostMsg(key, index, LostReason.NOT_HELD, "released before")
             self._send(lost, FLAG_RETRANSMIT)
         # else: not produced yet; it is announced when ready
+
+
+def _group_id(group: str | int) -> int:
+    """The id of group `group` (a name or a number); ValueError naming an unknown name."""
+    if isinstance(group, int):
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"ring group {group!r}: no such group") from None
+
+
+def _ring_bytes(pixels: npt.NDArray[np.uint16]) -> bytes:
+    return np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+
+
+class ScanSlices:
+    """The phantom slices of one scanned series, as the ring takes them (bytes and CRC-32).
+
+    The anatomy changes in `POSITIONS` steps along the series (the phantom's own levels) and
+    the noise cycles through `NOISE_VARIANTS` patterns, so a slice is made, converted and
+    CRC-checked once per step and pattern and then only copied into its slot, as a
+    reconstructor's DMA would: the device must cost less than the host it feeds (the ingest
+    bench measures the host). Only the current step's slices are kept."""
+
+    def __init__(self, phantom: Phantom, slices: int, seed: int) -> None:
+        self._phantom = phantom
+        self._steps = max(1, min(slices - 1, POSITIONS - 1))
+        self._last = max(1, slices - 1)
+        self._seed = seed
+        self._step = -1
+        self._made: dict[int, tuple[npt.NDArray[np.uint16], tuple[bytes, int]]] = {}
+
+    def slice(self, index: int) -> tuple[npt.NDArray[np.uint16], tuple[bytes, int]]:
+        step = round(index / self._last * self._steps)
+        if step != self._step:
+            self._step, self._made = step, {}
+        variant = index % NOISE_VARIANTS
+        made = self._made.get(variant)
+        if made is None:
+            pixels = self._phantom.slice(step / self._steps, self._seed + variant)
+            payload = _ring_bytes(pixels)
+            made = self._made[variant] = (pixels, (payload, zlib.crc32(payload)))
+        return made
 
 
 def _take(pending: collections.Counter[MsgType], msg_type: MsgType) -> bool:

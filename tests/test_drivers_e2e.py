@@ -191,6 +191,7 @@ def test_serial_shm_fault_end_to_end(tmp_path: Path, stack: ExitStack, fault: st
     gaps = sorted(a["message"].split("missing ")[1] for a in alarms if a["kind"] == "series_gap")
     if fault == "lose":
         assert gaps == ["indices 3", "indices 3"], messages
+        assert "hardware_error" not in kinds, messages  # the gap alarm only (Appendix A)
     elif fault == "hw-error":
         assert gaps == ["indices 3-5"], messages
         assert "RECON_ABORTED" in messages, messages

@@ -126,6 +126,19 @@ def test_write_then_read_gives_the_image() -> None:
     assert np.array_equal(got.pixels(), pixels)  # the copy is private
 
 
+def test_a_crc_the_writer_gives_is_stored_and_still_checked_by_the_reader() -> None:
+    """A device writing pixels it already knows the CRC of skips computing it; the reader
+    checks its copy against the announcement all the same: a wrong CRC is a torn slot."""
+    header, buf = make_ring()
+    pixels = image(64, 48, 4).tobytes()
+    crc = zlib.crc32(pixels)
+    assert write_slot(buf, header, 0, 3, 64, 48, pixels, crc) == crc
+    assert read_slot(buf, header, 0, 3, crc).payload == pixels
+    assert write_slot(buf, header, 1, 4, 64, 48, pixels, crc ^ 1) == crc ^ 1
+    with pytest.raises(TornSlotError, match="pixel CRC"):
+        read_slot(buf, header, 1, 4, crc ^ 1)
+
+
 def test_writer_interrupted_before_seq_end_is_torn() -> None:
     """A slot rewritten (seq 18) up to its payload but not sealed: an announcement of either
     the old (17) or the new (18) write is torn, never an image."""

@@ -107,6 +107,25 @@ def test_accept_same_bytes_is_noop(spool: Spool) -> None:
     assert [d.destination for d in spool.deliveries(first.sop_instance_uid)] == ["PACS"]
 
 
+def test_a_file_given_in_pieces_is_written_as_the_pieces_joined(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image's file comes in pieces (header runs, the pixels not copied): written with
+    writev, a short write continued, and indexed as the one file they make."""
+    data = blob(1, 300_000)
+    pieces: list[bytes | memoryview] = [data[:7], b"", memoryview(data)[7:200_000], data[200_000:]]
+    real = os.writev
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        return real(fd, [memoryview(b)[:1000] for b in buffers[:1]])  # 1 000 bytes at a time
+
+    monkeypatch.setattr(spool_files.os, "writev", short_writev)
+    got = spool.accept(rec(1), pieces, ["PACS"])
+    assert spool.path(got).read_bytes() == data and got.size == len(data)
+    monkeypatch.undo()
+    assert spool.accept(rec(1), data, ["PACS"]) == got  # the same bytes in one piece: no-op
+
+
 def test_accept_other_bytes_or_metadata_conflicts(spool: Spool) -> None:
     first = spool.accept(rec(1), blob(1), ["PACS"])
     with pytest.raises(SpoolConflict, match="other bytes"):

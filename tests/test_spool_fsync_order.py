@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 
 WRITER = Path(__file__).resolve().parent / "spool_writer.py"
-SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2,openat,write,pwrite64,mkdir,mkdirat"
+SYSCALLS = "fsync,fdatasync,rename,renameat,renameat2,openat,write,writev,pwrite64,mkdir,mkdirat"
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+)")
 _FD_PATH = re.compile(r"^\d+<(.*?)>")
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 SYNCS = ("fsync", "fdatasync")
-WRITES = ("write", "pwrite64")
+WRITES = ("write", "writev", "pwrite64")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def check_accept(calls: list[Call], root: Path, sop: str, start: int) -> int:
     tmp = tmp_open.path
     study_dir = str(Path(tmp).parent)
     assert tmp.endswith(".tmp") and "O_EXCL" in tmp_open.args
-    data_writes = [c for c in calls if c.name == "write" and c.path == tmp]
+    data_writes = [c for c in calls if c.name in WRITES and c.path == tmp]
     assert data_writes and data_writes[0].n > tmp_open.n
     file_sync = first(
         calls, data_writes[-1].n, f"fsync of {tmp}", lambda c: c.name in SYNCS and c.path == tmp
@@ -212,7 +212,7 @@ def check_concurrent_accept(calls: list[Call], root: Path, sop: str) -> None:
     tmp_open = next(c for c in calls if c.name == "openat" and f"/.{sop}.dcm." in c.path)
     tmp = tmp_open.path
     study_dir = str(Path(tmp).parent)
-    data_writes = [c for c in calls if c.name == "write" and c.path == tmp]
+    data_writes = [c for c in calls if c.name in WRITES and c.path == tmp]
     assert data_writes and data_writes[0].start > tmp_open.end
     file_sync = after(
         calls, data_writes[-1], f"fsync of {tmp}", lambda c: c.name in SYNCS and c.path == tmp

@@ -100,13 +100,18 @@ class TokenMismatch(ValueError):
 class ImageFile:
     """One instance as a Part 10 file, and what the spool indexes of it."""
 
-    data: bytes = field(repr=False)
+    parts: tuple[bytes | memoryview, ...] = field(repr=False)  # the file's bytes, in pieces
     sop_instance_uid: str
     sop_class_uid: str
     study_instance_uid: str
     series_instance_uid: str
     transfer_syntax_uid: str
     instance_number: int
+
+    @property
+    def data(self) -> bytes:
+        """The file in one piece (a copy: the spool writes `parts` as they are)."""
+        return b"".join(self.parts)
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ class Assembler:
                 pass
             else:
                 return ImageFile(
-                    template.fill(values),
+                    tuple(template.parts(values)),
                     sop_instance_uid=uid,
                     sop_class_uid=CTImageStorage,
                     study_instance_uid=series.exam.study_instance_uid,
@@ -252,7 +257,7 @@ class Assembler:
         if not known:
             self._learn(series, slice_, ds, data)
         return ImageFile(
-            data,
+            (data,),
             sop_instance_uid=str(ds.SOPInstanceUID),
             sop_class_uid=str(ds.SOPClassUID),
             study_instance_uid=str(ds.StudyInstanceUID),

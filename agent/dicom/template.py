@@ -159,6 +159,11 @@ class FileTemplate:
     def fill(self, values: Mapping[int, Value]) -> bytes:
         """The file with `values` (one for each tag of `self.tags`, no other) in the open
         elements. Values are not validated here: the caller checks them against their VR."""
+        return b"".join(self.parts(values))
+
+    def parts(self, values: Mapping[int, Value]) -> list[bytes | memoryview]:
+        """`fill`'s file as the pieces it is joined from, binary values (the pixels) as given,
+        not copied: for a writer that writes the pieces as they are (os.writev)."""
         if values.keys() != self.tags:
             raise ValueError(
                 "values needed for exactly the changing tags; "
@@ -167,4 +172,4 @@ class FileTemplate:
             )
         meta = self._meta.parts(values)
         length = sum(memoryview(p).nbytes for p in meta)
-        return b"".join([self._head, struct.pack("<I", length), *meta, *self._body.parts(values)])
+        return [self._head, struct.pack("<I", length), *meta, *self._body.parts(values)]

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from .model import check_uid
+
+FileData = bytes | Sequence[bytes | memoryview]
+"""A file's bytes: in one piece, or in pieces that are written as they are (os.writev), never
+joined (an image's pixels are not copied once more)."""
 
 SUFFIX = ".dcm"
 TEMP_SUFFIX = ".tmp"
@@ -62,14 +68,35 @@ def make_dirs(path: Path) -> None:
         fsync_dir(path.parent)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def pieces(data: FileData) -> list[memoryview]:
+    """`data` as views of its bytes, none copied."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return [memoryview(data)]
+    return [memoryview(p) for p in data]
 
 
-def write_durable(final: Path, data: bytes) -> None:
+def size_and_sha256(data: FileData) -> tuple[int, str]:
+    """The byte count and the SHA-256 (hex) of `data`."""
+    digest = hashlib.sha256()
+    size = 0
+    for piece in pieces(data):
+        digest.update(piece)
+        size += piece.nbytes
+    return size, digest.hexdigest()
+
+
+def _write_all(fd: int, data: FileData) -> None:
+    """All of `data`, a short write continued."""
+    views = [v.cast("B") for v in pieces(data) if v.nbytes]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= views[0].nbytes:
+            written -= views.pop(0).nbytes
+        if views:
+            views[0] = views[0][written:]
+
+
+def write_durable(final: Path, data: FileData) -> None:
     """Write `data` to `final` so that after return it is on disk under that name.
 
     Order: temporary file (O_EXCL) in the same folder, write, fsync(file), rename, fsync(folder).
@@ -81,7 +108,7 @@ def write_durable(final: Path, data: bytes) -> None:
     fsync_dir(final.parent)
 
 
-def write_in_place(final: Path, data: bytes) -> None:
+def write_in_place(final: Path, data: FileData) -> None:
     """`write_durable` but for the folder fsync: the file's bytes are durable on return, its
     name only once the caller has fsynced the folder (which may cover several files)."""
     tmp = _synced_temp(final, data)
@@ -93,7 +120,7 @@ def write_in_place(final: Path, data: bytes) -> None:
         raise
 
 
-def _synced_temp(final: Path, data: bytes) -> Path:
+def _synced_temp(final: Path, data: FileData) -> Path:
     """`data` in a new temporary file beside `final`, fsynced; removed again on failure."""
     tmp = temp_path(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)

@@ -515,15 +515,8 @@ class SerialShmDriver(Driver):
             seen = series.tracker.received | series.tracker.lost | set(series.torn)
             total = series.end.slices if series.end else max(seen, default=-1) + 1
             for index in series.tracker.missing(total):
-                series.tracker.mark_lost(index)
-                self._events.put(
-                    HardwareError(
-                        code="SLICE_LOST",
-                        message=f"series {key} slice {index} lost: the device restarted "
-                        f"({LostReason.DEVICE_RESTART.name})",
-                        series_key=key,
-                    )
-                )
+                series.tracker.mark_lost(index)  # a gap: the series end names it (_lost)
+                _lost(key, index, LostReason.DEVICE_RESTART, "the device restarted")
             series.end = series.end or SeriesEndMsg(key, total)
             series.end_frame = None
             self._check_complete(series)
@@ -567,14 +560,7 @@ class SerialShmDriver(Driver):
         elif isinstance(msg, SliceLostMsg):
             if msg.index not in series.tracker.received and msg.index not in series.tracker.lost:
                 series.tracker.mark_lost(msg.index)
-                self._events.put(
-                    HardwareError(
-                        code="SLICE_LOST",
-                        message=f"series {msg.series_key} slice {msg.index} lost by the "
-                        f"device ({LostReason(msg.reason).name}): {msg.text}",
-                        series_key=msg.series_key,
-                    )
-                )
+                _lost(msg.series_key, msg.index, LostReason(msg.reason), msg.text)
             self._check_complete(series)
         elif isinstance(msg, SeriesEndMsg):
             if series.end is None:
@@ -666,3 +652,10 @@ class SerialShmDriver(Driver):
         if series.end_frame is None or series.end_frame[0] != self._session:
             return  # ACKed when the replay brings the SERIES_END again
         self._send(AckMsg(series.end_frame[1], MsgType.SERIES_END, AckStatus.OK, ""))
+
+
+def _lost(key: str, index: int, reason: LostReason, text: str) -> None:
+    """A slice that will never come: a gap. Logged here with the device's reason; the series
+    end counts it missing, and the acquisition raises the one alarm naming every missing
+    slice of the series (PROTOCOL.md Appendix A, `lose`), not one more per lost slice."""
+    log.warning("serial-shm: series %s slice %d lost (%s): %s", key, index, reason.name, text)
