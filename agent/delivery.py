@@ -1,5 +1,7 @@
-"""One destination's delivery loop: due instances in acceptance order, in batches over one
-association each, with backoff on a down archive. Destinations never wait for each other."""
+"""One destination's delivery loop: due instances in acceptance order, in batches over
+associations kept open while instances keep coming (`associations` of them, each series on
+one, so order within a series holds), with backoff on a down archive. Destinations never wait
+for each other."""
 
 from __future__ import annotations
 
@@ -7,15 +9,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from pydicom.uid import UID
 
 from agent.config import Destination
 from agent.net.outcome import Outcome
 from agent.net.retry import Backoff
-from agent.net.sender import Outgoing, SendResult, send_batch
+from agent.net.sender import Link, Outgoing, SendResult
+from agent.net.staging import Staging
 from agent.spool import Spool, SpooledInstance
 
 log = logging.getLogger(__name__)
+LINGER_S = 5.0  # an association idle this long is released (the next exam opens a new one)
 
 
 @dataclass
@@ -44,6 +51,19 @@ class DestinationSender:
         self.status = SenderStatus()
         self._on_delivery = on_delivery
         self._wake = threading.Event()
+        self._staging = Staging()
+        if any(UID(ts).is_compressed for ts in destination.transfer_syntaxes):
+            self._staging.warm()
+        self._links = [
+            Link(calling_ae, destination, self._staging) for _ in range(destination.associations)
+        ]
+        self._lane_of: dict[str, int] = {}  # series -> link, while the series has work due
+        self._lanes = (
+            ThreadPoolExecutor(len(self._links), f"send-{destination.name}")
+            if len(self._links) > 1
+            else None
+        )
+        self._last_sent = 0.0
 
     def wake(self) -> None:
         """New instances are due: cut the idle wait short (a backoff wait stays)."""
@@ -55,19 +75,35 @@ class DestinationSender:
         self._wake.set()
 
     def run(self, stop: threading.Event, idle_poll_s: float = 1.0) -> None:
-        while not stop.is_set():
-            hold = self.status.hold_until
-            if hold is not None and hold > time.time():
-                self._wait(hold - time.time(), stop)
-                continue
-            try:
-                sent = self.send_due()
-            except Exception as e:  # a bug or a broken spool must not end delivery for good
-                log.exception("%s: delivery loop", self.destination.name)
-                self._hold(f"internal error: {type(e).__name__}")
-                continue
-            if sent == 0:
-                self._wait(idle_poll_s, stop)
+        try:
+            while not stop.is_set():
+                hold = self.status.hold_until
+                if hold is not None and hold > time.time():
+                    self.close()
+                    self._wait(hold - time.time(), stop)
+                    continue
+                try:
+                    sent = self.send_due()
+                except Exception as e:  # a bug or a broken spool must not end delivery for good
+                    log.exception("%s: delivery loop", self.destination.name)
+                    self._hold(f"internal error: {type(e).__name__}")
+                    continue
+                if sent == 0:
+                    idle = time.monotonic() - self._last_sent
+                    if idle >= LINGER_S:
+                        self.close()
+                    self._wait(min(idle_poll_s, max(0.05, LINGER_S - idle)), stop)
+        finally:
+            self.close()
+            if self._lanes is not None:
+                self._lanes.shutdown()
+
+    def close(self) -> None:
+        """Release the associations and drop the staged copies (nothing left to send)."""
+        for link in self._links:
+            link.close()
+        self._staging.clear()
+        self._lane_of.clear()
 
     def _wait(self, seconds: float, stop: threading.Event) -> None:
         self._wake.wait(max(0.0, seconds))
@@ -83,15 +119,25 @@ class DestinationSender:
         return self.status.hold_until
 
     def send_due(self) -> int:
-        """Send one batch of due instances; return how many were attempted."""
-        due = self.spool.due(self.destination.name, time.time(), self.destination.batch_size)
+        """Send one batch of due instances per association; return how many were attempted."""
+        limit = self.destination.batch_size * len(self._links)
+        due = self.spool.due(self.destination.name, time.time(), limit)
         if not due:
             return 0
-        self.status.associations += 1
-        results = send_batch(
-            self.calling_ae, self.destination, [_outgoing(self.spool, i) for i in due]
-        )
+        batches: list[list[Outgoing]] = [[] for _ in self._links]
+        for item in due:
+            series = item.record.series_instance_uid
+            lane = self._lane_of.setdefault(series, len(self._lane_of) % len(self._links))
+            batches[lane].append(_outgoing(self.spool, item))
+        opened = sum(link.opened for link in self._links)
+        if self._lanes is None:
+            results = self._links[0].send(batches[0])
+        else:
+            sent = self._lanes.map(Link.send, self._links, batches)
+            results = [r for lane in sent for r in lane]
+        self.status.associations += sum(link.opened for link in self._links) - opened
         self._record(results)
+        self._last_sent = time.monotonic()
         return len(results)
 
     def _record(self, results: list[SendResult]) -> None:
@@ -121,6 +167,9 @@ class DestinationSender:
             if ok:
                 self.status.failures_in_a_row = 0
                 self.status.last_error = None
+        for r in results:
+            if r.verdict.outcome is not Outcome.RETRY:
+                self._staging.discard(r.sop_instance_uid)
         if self._on_delivery is not None:
             for r in results:
                 self._on_delivery(r)
@@ -142,5 +191,9 @@ class DestinationSender:
 def _outgoing(spool: Spool, item: SpooledInstance) -> Outgoing:
     rec = item.record
     return Outgoing(
-        rec.sop_instance_uid, rec.sop_class_uid, rec.transfer_syntax_uid, lambda: spool.read(item)
+        rec.sop_instance_uid,
+        rec.sop_class_uid,
+        rec.transfer_syntax_uid,
+        lambda: spool.verified_path(item),
+        rec.series_instance_uid,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -55,12 +56,19 @@ def destination(port: int, tls: TlsSettings) -> Destination:
     )
 
 
+_FILES = tempfile.TemporaryDirectory(prefix="outgoing-")  # removed when the tests end
+
+
 def outgoing(images: Sequence[Dataset]) -> list[Outgoing]:
-    """What the sender takes, for images not in a spool (Explicit VR Little Endian)."""
-    return [
-        Outgoing(str(ds.SOPInstanceUID), CT_IMAGE_STORAGE, EXPLICIT, partial(files.encode, ds))
-        for ds in images
-    ]
+    """What the sender takes, for images not in a spool: Part 10 files (Explicit VR LE)."""
+    out = []
+    for ds in images:
+        path = Path(_FILES.name) / f"{ds.SOPInstanceUID}.dcm"
+        path.write_bytes(files.encode(ds))
+        out.append(
+            Outgoing(str(ds.SOPInstanceUID), CT_IMAGE_STORAGE, EXPLICIT, partial(Path, path))
+        )
+    return out
 
 
 def send(port: int, tls: TlsSettings, count: int = 2) -> list[SendResult]:

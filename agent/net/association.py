@@ -3,11 +3,12 @@ verdict when it cannot be had (refused, TLS refused, rejected, aborted, nothing 
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -18,7 +19,7 @@ from agent.config import Peer
 from agent.net.outcome import Outcome, Verdict
 from agent.net.tls import client_tls_context, tls_failure, tls_verdict
 
-__all__ = ["Opened", "client_tls_context", "open_association", "set_nodelay"]
+__all__ = ["Opened", "client_tls_context", "open_association", "quiet", "set_nodelay"]
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -27,6 +28,23 @@ def set_nodelay(event: evt.Event) -> None:
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_PER_MESSAGE = (evt.EVT_PDU_SENT, evt.EVT_PDU_RECV, evt.EVT_DIMSE_SENT, evt.EVT_DIMSE_RECV)
+
+
+def quiet(assoc: Association) -> None:
+    """Unbind pynetdicom's standard per-PDU and per-message log handlers unless its logger is
+    at DEBUG: they build their lines for every PDU and message (taking the association's lock,
+    and for a C-STORE request copying its data set) even when nothing is logged. Per
+    association: our SCP and an engineer debugging keep them."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    for event in _PER_MESSAGE:
+        bound = cast(list[tuple[Callable[..., Any], Any]], assoc.get_handlers(event))
+        for handler, _ in list(bound):
+            if getattr(handler, "__module__", "") == "pynetdicom._handlers":
+                assoc.unbind(event, handler)
 
 
 @dataclass
@@ -88,6 +106,8 @@ def open_association(
         ],
     )
     if assoc.is_established:
+        assoc.unbind(evt.EVT_PDU_RECV, on_pdu)
+        quiet(assoc)
         return Opened(assoc, None)
     tls_error = tls_failure(ctx)
     if tls_error is not None:

@@ -1,18 +1,24 @@
-"""Deliver a batch of spooled instances to one destination over one association."""
+"""Deliver batches of spooled instances to one destination over one association, kept open
+from batch to batch while instances keep coming (`Link`)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 
 from agent.config import Destination
-from agent.dicom import codecs, files
+from agent.dicom import codecs
 from agent.net.association import open_association
 from agent.net.contexts import best_accepted, proposed_contexts, usable_syntaxes
 from agent.net.outcome import Outcome, Verdict, store_verdict
+from agent.net.staging import Staging
 from agent.spool import SpoolError
 
 log = logging.getLogger(__name__)
@@ -25,7 +31,8 @@ class Outgoing:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str  # as stored
-    load: Callable[[], bytes]  # the Part 10 bytes, integrity-checked by the spool
+    source: Callable[[], Path]  # the Part 10 file, integrity-checked by the spool
+    series_instance_uid: str = ""  # instances of one series go over one association
 
 
 @dataclass(frozen=True)
@@ -39,50 +46,139 @@ class SendResult:
     association_level: bool = False
 
 
-def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) -> list[SendResult]:
-    """Send `batch` over one association; one `SendResult` per instance, in batch order."""
-    if not batch:
+class Link:
+    """One association to a destination, opened when needed and reused by later batches
+    until `close` (the sender closes it when the destination goes idle)."""
+
+    def __init__(self, calling_ae: str, dest: Destination, staging: Staging | None = None):
+        # send_c_store(path) then streams the file's data set in PDU-sized chunks instead of
+        # decoding and re-encoding it: pynetdicom's documented switch, which only concerns
+        # sends given a path (only this class makes them)
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+        self.calling_ae = calling_ae
+        self.dest = dest
+        self.staging = staging or Staging()
+        self.opened = 0  # associations opened, for `queue`
+        self._assoc: Association | None = None
+        self._sop_classes: frozenset[str] = frozenset()
+
+    def close(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+
+    def send(self, batch: Sequence[Outgoing]) -> list[SendResult]:
+        """One `SendResult` per instance, in batch order."""
+        if not batch:
+            return []
+        syntaxes = usable_syntaxes(self.dest.transfer_syntaxes)
+        if not syntaxes:
+            why = f"none of {self.dest.name}'s transfer syntaxes can be produced here"
+            return [SendResult(o.sop_instance_uid, Verdict(Outcome.FAIL, why)) for o in batch]
+        classes = frozenset(o.sop_class_uid for o in batch)
+        reused = self._assoc is not None and self._assoc.is_established
+        if reused and not classes <= self._sop_classes:
+            self.close()
+            reused = False
+        if not reused:
+            failed = self._open(classes, syntaxes, batch)
+            if failed:
+                return failed
+        results = self._send_on(batch, syntaxes)
+        if reused and results[0].association_level:
+            # the archive closed the idle association as our first store went: a new one
+            self.close()
+            failed = self._open(classes, syntaxes, batch)
+            results = failed or self._send_on(batch, syntaxes)
+        if self._assoc is not None and not self._assoc.is_established:
+            self._assoc = None
+        return results
+
+    def _open(
+        self, classes: frozenset[str], syntaxes: Sequence[str], batch: Sequence[Outgoing]
+    ) -> list[SendResult]:
+        """Open the association; [] when done, else the batch's association-level results."""
+        self.close()
+        contexts = proposed_contexts(sorted(classes), syntaxes)
+        self.opened += 1
+        opened = open_association(self.calling_ae, self.dest, contexts, self.dest.max_pdu)
+        if opened.assoc is None:
+            assert opened.verdict is not None
+            log.warning("%s: %s", self.dest.name, opened.verdict.reason)
+            return [SendResult(o.sop_instance_uid, opened.verdict, None, True) for o in batch]
+        self._assoc, self._sop_classes = opened.assoc, classes
         return []
-    syntaxes = usable_syntaxes(dest.transfer_syntaxes)
-    if not syntaxes:
-        why = Verdict(Outcome.FAIL, f"none of {dest.name}'s transfer syntaxes can be produced here")
-        return [SendResult(o.sop_instance_uid, why) for o in batch]
-    contexts = proposed_contexts((o.sop_class_uid for o in batch), syntaxes)
-    opened = open_association(calling_ae, dest, contexts, dest.max_pdu)
-    if opened.assoc is None:
-        assert opened.verdict is not None
-        log.warning("%s: %s", dest.name, opened.verdict.reason)
-        return [SendResult(o.sop_instance_uid, opened.verdict, None, True) for o in batch]
-    assoc = opened.assoc
-    results: list[SendResult] = []
-    try:
-        for item in batch:
-            if not assoc.is_established:
+
+    def _send_on(self, batch: Sequence[Outgoing], syntaxes: Sequence[str]) -> list[SendResult]:
+        assoc = self._assoc
+        assert assoc is not None
+        # every transcoding of the batch starts now, in the pool, while the first ones go out
+        staged = [self._stage(assoc, item, syntaxes) for item in batch]
+        results: list[SendResult] = []
+        for item, prepared in zip(batch, staged, strict=True):
+            if isinstance(prepared, SendResult):
+                results.append(prepared)
+            elif not assoc.is_established:
                 lost = Verdict(Outcome.RETRY, "association lost before this instance was sent")
                 results.append(SendResult(item.sop_instance_uid, lost, None, True))
-                continue
-            results.append(_store_one(assoc, item, syntaxes))
+            else:
+                results.append(_store_one(assoc, item, *prepared))
+        return results
+
+    def _stage(
+        self, assoc: Association, item: Outgoing, syntaxes: Sequence[str]
+    ) -> tuple[str, Future[Path]] | SendResult:
+        ts = best_accepted(assoc, item.sop_class_uid, syntaxes)
+        if ts is None:
+            why = f"the archive accepted no context for SOP class {item.sop_class_uid}"
+            return SendResult(item.sop_instance_uid, Verdict(Outcome.FAIL, why))
+        try:
+            return ts, self.staging.stage(
+                item.sop_instance_uid, item.transfer_syntax_uid, ts, item.source
+            )
+        except (OSError, SpoolError) as e:
+            return _unprepared(item, e)
+
+
+def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) -> list[SendResult]:
+    """Send `batch` over one association of its own, released at the end."""
+    link = Link(calling_ae, dest)
+    try:
+        return link.send(batch)
     finally:
-        if assoc.is_established:
-            assoc.release()
-    return results
+        link.close()
+        link.staging.clear()
 
 
-def _store_one(assoc: Association, item: Outgoing, syntaxes: Sequence[str]) -> SendResult:
-    ts = best_accepted(assoc, item.sop_class_uid, syntaxes)
-    if ts is None:
-        why = Verdict(
-            Outcome.FAIL, f"the archive accepted no context for SOP class {item.sop_class_uid}"
-        )
-        return SendResult(item.sop_instance_uid, why)
+def _unprepared(item: Outgoing, e: Exception) -> SendResult:
+    why = Verdict(Outcome.FAIL, f"cannot prepare the instance: {e}")
+    return SendResult(item.sop_instance_uid, why)
+
+
+def _let_the_reactor_pause(assoc: Association) -> None:
+    """Wait (50 ms at most) until the association's reactor thread has run since the last
+    C-STORE. pynetdicom 3.0 (issue #435): send_c_store pauses that thread by clearing an event
+    and waiting for its `_is_paused` flag, but the flag is still set from the previous pause
+    when the thread has not been scheduled since; it then wakes during the next store, takes
+    the response as an unexpected message and the store waits for the DIMSE timeout. Seen
+    about once in a few hundred stores on a loaded 2-core machine; read-only use of the flag."""
+    deadline = time.monotonic() + 0.05
+    while getattr(assoc, "_is_paused", False) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def _store_one(assoc: Association, item: Outgoing, ts: str, staged: Future[Path]) -> SendResult:
     try:
-        # decoded from bytes in the target syntax, so that pynetdicom sees a consistent encoding
-        ds = files.decode(codecs.transcode_bytes(item.load(), ts))
-    except (OSError, codecs.CodecError, SpoolError, ValueError) as e:
-        why = Verdict(Outcome.FAIL, f"cannot prepare the instance: {e}")
+        path = staged.result()
+    except (OSError, codecs.CodecError, ValueError) as e:
+        return _unprepared(item, e)
+    except Exception as e:  # a worker that died: this instance waits, the others go on
+        log.exception("transcoding %s to %s", item.sop_instance_uid, ts)
+        why = Verdict(Outcome.RETRY, f"transcoding failed: {type(e).__name__}: {e}")
         return SendResult(item.sop_instance_uid, why)
+    _let_the_reactor_pause(assoc)
     try:
-        status = assoc.send_c_store(ds)
+        status = assoc.send_c_store(path)
     except RuntimeError:  # the association ended under us (abort, peer closed)
         lost = Verdict(Outcome.RETRY, "association lost while sending this instance")
         return SendResult(item.sop_instance_uid, lost, ts, True)

@@ -175,12 +175,13 @@ class Spool:
     def accept(
         self,
         record: InstanceRecord,
-        data: bytes,
+        data: files.FileData,
         destinations: Sequence[str],
         deferred: Sequence[str] = (),
     ) -> SpooledInstance:
-        """Make `data` durable and index it with one pending delivery per destination (and a
-        deferred one per destination in `deferred`: see release_deferred).
+        """Make `data` (the file's bytes, in one piece or in pieces: files.FileData) durable
+        and index it with one pending delivery per destination (and a deferred one per
+        destination in `deferred`: see release_deferred).
 
         Returns only once the file is fsynced under its final name, its folder fsynced and the
         index row committed (accepts arriving together share the folder fsync and the
@@ -190,18 +191,19 @@ class Spool:
         """
         dests = list(dict.fromkeys(check_destination(d) for d in _uids(destinations)))
         later = [check_destination(d) for d in _uids(deferred) if d not in dests]
-        digest = hashlib.sha256(data).hexdigest()
+        data = files.pieces(data)  # once: what is hashed is what is written
+        size, digest = files.size_and_sha256(data)
         with self._reserved(record.sop_instance_uid):
             found = self._index.get(record.sop_instance_uid)
             if found is not None:
-                return self._accept_again(found[0], found[1], record, data, digest)
+                return self._accept_again(found[0], found[1], record, data, size, digest)
             final = self._final_path(record.study_instance_uid, record.sop_instance_uid)
             if os.path.lexists(final):  # no index row: never accepted, so never ours to replace
                 self._orphan(final)
             files.write_in_place(final, data)
             try:  # its folder fsynced, then indexed: with other accepts arriving meanwhile
                 return self._group.commit(
-                    final.parent, Row(record, len(data), digest, dests, deferred=later)
+                    final.parent, Row(record, size, digest, dests, deferred=later)
                 )
             except BaseException:
                 with suppress(OSError):
@@ -213,14 +215,15 @@ class Spool:
         existing: SpooledInstance,
         problem: str | None,
         record: InstanceRecord,
-        data: bytes,
+        data: files.FileData,
+        size: int,
         digest: str,
     ) -> SpooledInstance:
         sop = record.sop_instance_uid
-        if existing.size != len(data) or existing.sha256 != digest:
+        if existing.size != size or existing.sha256 != digest:
             raise SpoolConflict(
                 f"{sop} was already accepted with other bytes ({existing.size} bytes, SHA-256"
-                f" {existing.sha256}; now {len(data)} bytes, {digest}); the accepted file is kept"
+                f" {existing.sha256}; now {size} bytes, {digest}); the accepted file is kept"
             )
         if existing.record != record:
             raise SpoolConflict(
@@ -289,6 +292,26 @@ class Spool:
         if digest != instance.sha256:
             self._flag(instance, "corrupt", f"{path}: SHA-256 {digest}, {instance.sha256} accepted")
         return data
+
+    def verified_path(self, instance: SpooledInstance) -> Path:
+        """The accepted file, once checked as `read` checks it, for senders that stream it
+        from disk instead of holding its bytes."""
+        path = self.path(instance)
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as f:
+                size = 0
+                while chunk := f.read(1 << 20):
+                    size += len(chunk)
+                    digest.update(chunk)
+        except FileNotFoundError:
+            self._flag(instance, "missing", f"{path} is missing")
+        if size != instance.size:
+            self._flag(instance, "size", f"{path} has {size} bytes, {instance.size} accepted")
+        if digest.hexdigest() != instance.sha256:
+            detail = f"{path}: SHA-256 {digest.hexdigest()}, {instance.sha256} accepted"
+            self._flag(instance, "corrupt", detail)
+        return path
 
     def _flag(self, instance: SpooledInstance, kind: str, detail: str) -> NoReturn:
         self._index.set_problem(instance.sop_instance_uid, kind, detail)
