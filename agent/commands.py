@@ -83,6 +83,8 @@ def exam_start(args: argparse.Namespace) -> int:
         "patient_name": args.patient_name,
         "birth_date": args.birth_date,
         "sex": args.sex,
+        "weight_kg": args.weight,
+        "size_m": args.size,
         "accession": args.accession,
         "sps_id": args.sps_id,
         "unscheduled": args.unscheduled,
@@ -122,6 +124,12 @@ def simulate(args: argparse.Namespace) -> int:
     if args.fault:
         print(
             "simulate: --fault is for drivers with a far side (directory, serial-shm)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.localizer or args.dose_check_ctdivol is not None:
+        print(
+            "simulate: for the mock, set localizer and dose_check_ctdivol_mgy in [hardware]",
             file=sys.stderr,
         )
         return EXIT_USAGE

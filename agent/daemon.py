@@ -279,6 +279,8 @@ class Daemon:
                     "unknown_destination", f"destination {name} is not configured", name
                 )
                 continue
+            if dest.dose_registry:
+                continue  # dose reports only: `dose.hook` adds it to theirs
             (now if ended or dest.send_while_scanning else later).append(name)
         return Routing(tuple(now), tuple(later))
 

@@ -27,6 +27,10 @@ class Scheduled:
     study: tuple[Encoded, ...] = ()  # General Study: accession, referring physician, ...
     request: tuple[Encoded, ...] = ()  # one Request Attributes Sequence item
     protocol_codes: tuple[tuple[Encoded, ...], ...] = ()  # Scheduled Protocol Code Sequence
+    # Requested Procedure Code Sequence: what the dose report and the MPPS say was performed
+    procedure_codes: tuple[tuple[Encoded, ...], ...] = ()
+    diagnosis_codes: tuple[tuple[Encoded, ...], ...] = ()  # Admitting Diagnoses Code Sequence
+    reason_codes: tuple[tuple[Encoded, ...], ...] = ()  # Reason for Requested Procedure Code
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class Patient:
     birth_date: date | None = None
     sex: str = ""  # "M", "F", "O" or "" (unknown)
     issuer_of_id: str = ""
+    weight_kg: str = ""  # Patient's Weight and Size (DS), "" when not known
+    size_m: str = ""
     # from a worklist item: the Patient and Patient Study attributes as encoded, which the
     # images carry instead of the decoded values above
     encoded: tuple[Encoded, ...] = ()

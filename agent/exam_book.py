@@ -176,4 +176,7 @@ def _scheduled_from_json(raw: dict[str, Any] | None) -> Scheduled | None:
         study=_encoded(raw["study"]),
         request=_encoded(raw["request"]),
         protocol_codes=tuple(_encoded(code) for code in raw["protocol_codes"]),
+        procedure_codes=tuple(_encoded(code) for code in raw.get("procedure_codes", [])),
+        diagnosis_codes=tuple(_encoded(code) for code in raw.get("diagnosis_codes", [])),
+        reason_codes=tuple(_encoded(code) for code in raw.get("reason_codes", [])),
     )

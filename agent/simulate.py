@@ -27,6 +27,7 @@ from agent.control.protocol import OpError
 from agent.events import Event
 from agent.open_series import ranges
 from hardware.directory import slice_names
+from hardware.event_codec import irradiation_to_json
 from hardware.serial_simulator import SerialReconstructor, SimulatorError
 from hardware.simulator import DropFolderReconstructor, Plan, Played, Reconstructor, parse_faults
 
@@ -49,6 +50,11 @@ def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         faults = parse_faults(args.fault)
+        if _dose_options(args) and cfg.hardware.driver != "serial-shm":
+            raise ValueError(
+                "--localizer and --dose-check-ctdivol: the drop folder carries no "
+                "irradiation records (DROPFOLDER.md)"
+            )
         if args.timeout is None or not args.timeout > 0:
             raise ValueError("--timeout: expected seconds above 0")
         unavailable = faults - reconstructor.faults
@@ -68,7 +74,15 @@ def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
                 print("simulate: no exam is open: start one, or give --token", file=sys.stderr)
                 return EXIT_FAILED
             try:
-                plan = Plan(token, args.series, args.slices, args.rate, faults)
+                plan = Plan(
+                    token,
+                    args.series,
+                    args.slices,
+                    args.rate,
+                    faults,
+                    localizer=args.localizer,
+                    dose_check_ctdivol_mgy=args.dose_check_ctdivol,
+                )
             except ValueError as e:
                 print(f"simulate: {e}", file=sys.stderr)
                 return EXIT_USAGE
@@ -102,10 +116,16 @@ def simulate_far_side(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_TIMEOUT
     if args.json:
         series = [s.series_key for s in played.series]
-        print(json.dumps({**result, "series": series, "injected": played.injected}, indent=2))
+        records = [irradiation_to_json(e) for e in played.irradiation]
+        doc = {**result, "series": series, "injected": played.injected, "irradiation": records}
+        print(json.dumps(doc, indent=2))
     else:
         print(f"{got} slice(s) accepted in {len(played.series)} series")
     return EXIT_OK
+
+
+def _dose_options(args: argparse.Namespace) -> bool:
+    return bool(args.localizer) or args.dose_check_ctdivol is not None
 
 
 def _open_exam_token(client: ControlClient) -> str | None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from hardware.base import SeriesStart, SliceReady
 from hardware.dose import IrradiationEvent
+from hardware.event_codec import irradiation_from_json, irradiation_to_json
 from hardware.mock import COLUMNS, ROWS
 from hardware.protocol import irradiation_event_message
 from hardware.serial_device import SerialDevice
@@ -224,6 +225,7 @@ class SimulatorServer:
             "ok": True,
             "series": [dataclasses.asdict(s) for s in played.series],
             "injected": dict(played.injected),
+            "irradiation": [irradiation_to_json(e) for e in played.irradiation],
         }
 
     def play(self, plan: Plan) -> Played:
@@ -253,12 +255,14 @@ class _Player:
         self.injected: collections.Counter[str] = collections.Counter()
         self.key: str | None = None
         self.written: list[int] = []
+        self.irradiation: list[IrradiationEvent] = []
 
     def run(self, content: Iterator[SeriesStart | SliceReady | IrradiationEvent]) -> Played:
         try:
             for event in content:
                 if isinstance(event, IrradiationEvent):  # kept and replayed until ACKed
                     self.device.irradiation(irradiation_event_message(event))
+                    self.irradiation.append(event)
                 elif isinstance(event, SeriesStart):
                     self._end()
                     self._begin(event)
@@ -268,7 +272,7 @@ class _Player:
         except Exception as e:
             self._abandon(e)
             raise
-        return Played(tuple(self.played), dict(self.injected))
+        return Played(tuple(self.played), dict(self.injected), tuple(self.irradiation))
 
     def _begin(self, start: SeriesStart) -> None:
         self.key = self.device.new_series_key()
@@ -351,6 +355,8 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "slices": plan.slices,
         "rate": plan.rate_per_s,
         "faults": sorted(plan.faults),
+        "localizer": plan.localizer,
+        "dose_check_ctdivol": plan.dose_check_ctdivol_mgy,
     }
 
 
@@ -358,12 +364,18 @@ def plan_from_json(order: dict[str, Any]) -> Plan:
     try:
         faults = frozenset(Fault(f) for f in order.get("faults") or [])
         rate = order.get("rate")
+        localizer = order.get("localizer", False)
+        if not isinstance(localizer, bool):
+            raise TypeError(f"localizer: expected true or false, got {localizer!r}")
+        ctdivol = order.get("dose_check_ctdivol")
         return Plan(
             token=str(order["token"]),
             series=int(order["series"]),
             slices=int(order["slices"]),
             rate_per_s=None if rate is None else float(rate),
             faults=faults,
+            localizer=localizer,
+            dose_check_ctdivol_mgy=None if ctdivol is None else float(ctdivol),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise SimulatorError(f"bad play order: {e!r}") from e
@@ -387,7 +399,9 @@ class SerialReconstructor:
             PlayedSeries(s["series_key"], int(s["planned"]), tuple(s["written"]))
             for s in answer["series"]
         )
-        return Played(series, {str(k): int(v) for k, v in answer.get("injected", {}).items()})
+        injected = {str(k): int(v) for k, v in answer.get("injected", {}).items()}
+        records = tuple(irradiation_from_json(doc) for doc in answer.get("irradiation", []))
+        return Played(series, injected, records)
 
     def held(self) -> list[tuple[str, int]]:
         """(series key, index) of every slice whose slot the agent has not released."""

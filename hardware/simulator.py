@@ -74,12 +74,20 @@ class Plan:
     slices: int  # per series
     rate_per_s: float | None = None  # None: as fast as it can write
     faults: frozenset[Fault] = frozenset()
+    # the acquisition's irradiation record (where the interface carries one): preceded by a
+    # localizer's; with a CTDIvol dose-check notification above this value (mGy)
+    localizer: bool = False
+    dose_check_ctdivol_mgy: float | None = None
 
     def __post_init__(self) -> None:
         if self.series < 1 or self.slices < 1:
             raise ValueError("a plan needs at least one series of at least one slice")
         if self.rate_per_s is not None and not self.rate_per_s > 0:
             raise ValueError(f"rate must be > 0 slices per second, got {self.rate_per_s}")
+        if self.dose_check_ctdivol_mgy is not None and not self.dose_check_ctdivol_mgy > 0:
+            raise ValueError(
+                f"the dose-check CTDIvol must be > 0 mGy, got {self.dose_check_ctdivol_mgy}"
+            )
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class PlayedSeries:
 class Played:
     series: tuple[PlayedSeries, ...]
     injected: dict[str, int] = field(default_factory=dict)  # fault -> times it was injected
+    irradiation: tuple[IrradiationEvent, ...] = ()  # the dose records sent (serial-shm)
 
     @property
     def expected(self) -> int:
@@ -114,10 +123,12 @@ class Reconstructor(Protocol):
 def mock_content(
     plan: Plan, first_series_number: int = 1
 ) -> Iterator[SeriesStart | SliceReady | IrradiationEvent]:
-    """The mock's events for `plan` (starts, slices and the acquisition's irradiation record;
-    ends are the writer's business), paced by its rate, series numbered from
-    `first_series_number`."""
-    mock = MockDriver(queue_size=4)
+    """The mock's events for `plan` (starts, slices and the acquisition's irradiation record,
+    after a localizer's when the plan asks; ends are the writer's business), paced by its
+    rate, series numbered from `first_series_number`."""
+    mock = MockDriver(
+        queue_size=4, localizer=plan.localizer, dose_check_ctdivol_mgy=plan.dose_check_ctdivol_mgy
+    )
     mock.open()
     try:
         mock.request_scan(ScanRequest(plan.token, plan.series, plan.slices, plan.rate_per_s))

@@ -104,6 +104,10 @@ BAD = {
         _variant("# [destinations.tls]", '[destinations.tls]\nca_file = "/nonexistent/ca.pem"'),
         "destinations[0].tls.ca_file",
     ),
+    "dose registry as a default destination": (
+        _variant("# dose_registry = false ", "dose_registry = true    "),
+        "destinations[0].default",
+    ),
     "not TOML": ("[agent\nae_title = ", "not valid TOML"),
     "empty transfer syntax list": (
         _replace_line("transfer_syntaxes = ", "transfer_syntaxes = []"),

@@ -7,6 +7,7 @@ ones."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from agent.exam import Exam, Patient, Procedure, open_exam
 from hardware.dose import AcquisitionType, IrradiationEvent
 from hardware.mock import simulated_irradiation, simulated_localizer, with_dose_check
 from tests.peers import require
+from tests.test_worklist import LATIN1_DIAGNOSIS, LATIN1_NAME, Item
+from tests.test_worklist import _item as worklist_item
 
 EQUIPMENT = Equipment("Example Medical", "CT-1", "SN0001", "CT1", "General Hospital", "1.0")
 
@@ -171,17 +174,45 @@ def test_dciodvfy_and_dsrdump_accept_the_report(tmp_path: Path) -> None:
     assert "Constant Angle Acquisition" in out.stdout and "Dose Check Notification" in out.stdout
 
 
-def test_ihe_rem_profile_errors_are_only_the_values_the_exam_lacks(tmp_path: Path) -> None:
-    """dciodvfy -profile IHEREM wants patient size and weight, admitting diagnoses and a
-    performed procedure code: an exam registered by hand has none, and none is made up."""
+def ihe_rem_errors(tmp_path: Path, ds: Dataset) -> list[str]:
     (dciodvfy,) = require("dciodvfy")
-    path = write(tmp_path, build())
+    path = write(tmp_path, ds)
     out = subprocess.run(
         [dciodvfy, "-profile", "IHEREM", str(path)], capture_output=True, text=True
     )
-    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-    allowed = ("PatientWeight", "PatientSize", "AdmittingDiagnoses", "PerformedProcedureCode")
-    assert errors and all(any(a in e for a in allowed) for e in errors), errors
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_ihe_rem_profile_passes_for_an_exam_from_the_worklist(tmp_path: Path) -> None:
+    """The worklist item's size, weight, admitting diagnoses (description and code, as
+    encoded) and requested procedure code (the performed one) reach the header."""
+    item = worklist_item(Item("A-REM", LATIN1_NAME, "ISO_IR 100", diagnosis=LATIN1_DIAGNOSIS))
+    assert item.usable, item.problems
+    patient, procedure = item.exam_parts()
+    exam = open_exam(patient, procedure, UidFactory(), operator="RT^ONE")
+    encoded = files.encode(build(exam=exam))
+    assert LATIN1_DIAGNOSIS in encoded  # as the RIS encoded it
+    ds = files.decode(encoded)
+    assert ihe_rem_errors(tmp_path, ds) == []
+    assert (str(ds.PatientWeight), str(ds.PatientSize)) == ("70.5", "1.68")
+    assert ds.AdmittingDiagnosesDescription == "Lungenembolie? Ödem"
+    (diagnosis,) = ds.AdmittingDiagnosesCodeSequence
+    assert (diagnosis.CodeValue, diagnosis.CodeMeaning) == ("59282003", "Pulmonary embolism")
+    (performed,) = ds.PerformedProcedureCodeSequence
+    assert (performed.CodeValue, performed.CodingSchemeDesignator) == ("24627-2", "LN")
+    (request,) = ds.ReferencedRequestSequence
+    assert request.RequestedProcedureCodeSequence[0].CodeMeaning == "CT Chest"
+
+
+def test_ihe_rem_profile_for_an_exam_registered_by_hand(tmp_path: Path) -> None:
+    """By hand, weight and size can be given; admitting diagnoses and a procedure code
+    cannot, and none is made up: those are the only IHE REM errors left."""
+    patient = Patient("DOE^JANE", "P1", date(1970, 1, 2), "F", weight_kg="82.5", size_m="1.7")
+    exam = open_exam(patient, Procedure(accession_number="A1"), UidFactory())
+    errors = ihe_rem_errors(tmp_path, build(exam=exam))
+    lacking = ("AdmittingDiagnoses", "PerformedProcedureCode")
+    assert errors and all(any(a in e for a in lacking) for e in errors), errors
+    assert not any("PatientWeight" in e or "PatientSize" in e for e in errors), errors
 
 
 def test_dcsrdump_reads_the_report(tmp_path: Path) -> None:
@@ -269,3 +300,23 @@ def test_dose_check_command(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "TID 10011 content OK" in ok.stdout
     no = subprocess.run([*agent, str(good), str(bad)], capture_output=True, text=True)
     assert no.returncode == 1 and "not the sum" in no.stdout
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ({"size_m": 168}, "size_m: expected metres (e.g. 1.75), above 0 and at most 3"),
+        ({"weight_kg": 0}, "weight_kg: expected kilograms, above 0"),
+        ({"weight_kg": "heavy"}, "weight_kg: expected kilograms"),
+        ({"size_m": True}, "size_m: expected metres"),
+    ],
+)
+def test_weight_and_size_by_hand_are_checked(given: dict[str, object], why: str) -> None:
+    from agent.control.protocol import OpError
+    from agent.operations import _patient_and_procedure
+
+    hand = {"patient_id": "P1", "patient_name": "DOE^JANE"}
+    patient, _ = _patient_and_procedure({**hand, "weight_kg": 82.5, "size_m": 1.7})
+    assert (patient.weight_kg, patient.size_m) == ("82.5", "1.7")
+    with pytest.raises(OpError, match=re.escape(why)):
+        _patient_and_procedure({**hand, **given})

@@ -7,24 +7,30 @@ notification, shows those rows too."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 
+import hardware.mock
 from agent.config.load import load
 from agent.daemon import Daemon
 from agent.dose import check
+from hardware.base import SeriesStart
 from hardware.dose import AcquisitionType, IrradiationEvent
 from hardware.event_codec import irradiation_from_json
 from hardware.mock import MockDriver
-from tests.agent_process import Agent, Dest, write_config
+from tests.agent_process import Agent, Dest, Simulator, write_config
 from tests.mpps_scp import MppsSCP
 from tests.peers import CT_IMAGE_STORAGE, VALIDATE_DICOM, require, storescp
 from tests.test_dose import check_against_records
+from tests.test_drivers_e2e import driver_config
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.67"
 
@@ -182,4 +188,120 @@ def test_localizer_and_dose_check_notification_in_process(tmp_path: Path, stack:
     assert [len(e.alerts) for e in sorted(kept, key=lambda e: e.start_time)] == [0, 1, 1]
     check_against_records(sr, kept)
     assert check.problems(sr) == []
+    valid(tmp_path / "archive")
+
+
+def registry_config(tmp_path: Path, stack: ExitStack) -> Path:
+    """An archive (PACS, default) and a dose registry (DOSE), both real storescps."""
+    archive = stack.enter_context(storescp(tmp_path / "archive"))
+    registry = stack.enter_context(storescp(tmp_path / "registry", ae_title="DOSE_REG"))
+    cfg = write_config(
+        tmp_path,
+        [Dest("PACS", archive), Dest("DOSE", registry, default=False, ae_title="DOSE_REG")],
+    )
+    cfg.write_text(
+        cfg.read_text().replace('name = "DOSE"\n', 'name = "DOSE"\ndose_registry = true\n')
+    )
+    return cfg
+
+
+def test_dose_registry_never_gets_a_simulated_report(tmp_path: Path, stack: ExitStack) -> None:
+    """`dose_report_when_simulated = true`: the mock's report goes to the archive with the
+    images, never to the dose registry (made-up dose); nor does any image."""
+    cfg = registry_config(tmp_path, stack)
+    simulated_too(cfg)
+    agent = Agent(cfg, tmp_path / "d.log")
+    agent.start()
+    stack.callback(agent.stop)
+    hand = ("exam", "start", "--patient-id", "P5", "--patient-name", "DOE^JANE")
+    r = agent.cli(*hand, "--dest", "PACS", "--dest", "DOSE")
+    assert r.returncode == 2 and "DOSE: a dose registry" in r.stderr, r.stderr
+    ok(agent.cli(*hand, "--weight", "82.5", "--size", "1.7"))
+    ok(agent.cli("simulate", "--series", "2", "--slices", "2"))
+    ok(agent.cli("exam", "end"))
+    ok(agent.cli("wait", "--timeout", "60"))
+    images, (sr,) = received(tmp_path / "archive")
+    assert len(images) == 4 and sr.SeriesDescription.startswith("SIMULATED")
+    assert received(tmp_path / "registry") == ([], [])
+    (study,) = agent.json("queue")["studies"]
+    by_name = {d["name"]: d for d in study["destinations"]}
+    assert by_name["PACS"]["state"] == "delivered" and "DOSE" not in by_name
+    valid(tmp_path / "archive")
+
+
+def test_dose_registry_gets_a_real_acquisitions_report_and_no_image(
+    tmp_path: Path, stack: ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hardware that does not say its series are simulated (the mock, its series starts
+    unmarked; a daemon in this process): the dose registry gets the report at once, never an
+    image; the images and the report go to the archive."""
+    real = hardware.mock.simulated_series_start
+
+    def unmarked(*args: Any, **kwargs: Any) -> SeriesStart:
+        return dataclasses.replace(real(*args, **kwargs), simulated=False)
+
+    monkeypatch.setattr(hardware.mock, "simulated_series_start", unmarked)
+    daemon = Daemon(load(registry_config(tmp_path, stack)), driver=MockDriver())
+    daemon.start()
+    stack.callback(daemon.stop)
+    ops = daemon.ops
+    ops.exam_start({"patient_id": "P6", "patient_name": "DOE^JOHN", "weight_kg": 82.5})
+    ops.simulate({"series": 2, "slices": 2, "timeout": 60})
+    ops.exam_end({})
+    ops.wait({"timeout": 60})
+    images, (sr,) = received(tmp_path / "archive")
+    assert len(images) == 4 and not sr.SeriesDescription.startswith("SIMULATED")
+    assert received(tmp_path / "registry") == ([], [sr])
+    assert str(sr.PatientWeight) == "82.5"
+    (study,) = daemon.ops.queue({})["studies"]
+    by_name = {d["name"]: d for d in study["destinations"]}
+    assert by_name["DOSE"]["state"] == by_name["PACS"]["state"] == "delivered"
+    assert by_name["DOSE"]["images"] == 0 and by_name["PACS"]["sent"] == 4  # reports aside
+    valid(tmp_path / "registry")
+
+
+def test_serial_shm_simulator_localizer_and_two_acquisitions(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    """Through `modality-agent simulator` (the serial-shm device as its own process) and the
+    real driver: a localizer and two acquisitions, one above the dose check's CTDIvol. The
+    report at storescp has exactly the records the simulator says it sent (UIDs, CTDIvol,
+    DLP, alert), and the MPPS final N-SET references it."""
+    ris = stack.enter_context(MppsSCP())
+    cfg = driver_config(tmp_path, "serial-shm", stack.enter_context(storescp(tmp_path / "archive")))
+    mpps = f'\n[mpps]\nae_title = "RIS"\nhost = "127.0.0.1"\nport = {ris.port}\n'
+    cfg.write_text(cfg.read_text() + mpps)
+    simulated_too(cfg)
+    agent = Agent(cfg, tmp_path / "d.log")
+    processes: tuple[Simulator | Agent, ...] = (Simulator(cfg, tmp_path / "sim.log"), agent)
+    for process in processes:  # the device first, as on a console
+        process.start()
+        stack.callback(process.stop)
+    ok(agent.cli("exam", "start", "--patient-id", "P6", "--patient-name", "DOE^JANE"))
+    token = agent.json("exam", "status")["exam"]["token"]
+    sent: list[IrradiationEvent] = []
+    for options in (["--localizer", "--dose-check-ctdivol", "5"], []):
+        played = agent.json("simulate", "--series", "2", "--slices", "2", *options)
+        sent += [irradiation_from_json(doc) for doc in played["irradiation"]]
+    assert [(e.acquisition_type, len(e.alerts)) for e in sent] == [
+        (AcquisitionType.CONSTANT_ANGLE, 0),
+        (AcquisitionType.SPIRAL, 1),
+        (AcquisitionType.SPIRAL, 0),
+    ]
+    ok(agent.cli("exam", "end"))
+    ok(agent.cli("wait", "--timeout", "60"))
+    images, (sr,) = received(tmp_path / "archive")
+    assert len(images) == 8
+    check_against_records(sr, sent)  # every row against what the hardware reported
+    assert {e.event_uid for e in records(tmp_path / "spool", token)} == {e.event_uid for e in sent}
+    assert {i.IrradiationEventUID for i in images} == {e.event_uid for e in sent[1:]}
+    (uid,) = ris.steps
+    assert sr.ReferencedPerformedProcedureStepSequence[0].ReferencedSOPInstanceUID == uid
+    final = ris.messages[-1].dataset
+    assert final.PerformedProcedureStepStatus == "COMPLETED"
+    assert [
+        r.ReferencedSOPInstanceUID
+        for s in final.PerformedSeriesSequence
+        for r in s.ReferencedNonImageCompositeSOPInstanceSequence
+    ] == [sr.SOPInstanceUID]
     valid(tmp_path / "archive")

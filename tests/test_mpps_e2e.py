@@ -128,7 +128,48 @@ def test_scheduled_exam_copies_the_worklist_item(tmp_path: Path, stack: ExitStac
     assert (code.CodeValue, code.CodingSchemeDesignator) == ("CTCHEST", "99LOCAL")
     (performed,) = create.PerformedProtocolCodeSequence
     assert performed.CodeValue == "CTCHEST"
+    # the item's values outside the MPPS IOD stay out (a strict RIS refuses them: 0105)
+    assert "ReasonForTheRequestedProcedure" not in step
+    assert "AdmittingDiagnosesDescription" not in create
     check_final(ris, uid, tmp_path)
+
+
+def test_n_create_carries_only_what_the_mpps_iod_allows() -> None:
+    """Every worklist value the images carry, yet only the Scheduled Step Attributes and
+    patient attributes PS3.4 F.7.2 lists in the N-CREATE."""
+    from agent.exam import open_exam
+    from agent.mpps import steps
+    from tests.factory import EQUIPMENT, UIDS
+
+    item = wl._item(wl.Item("A-IOD", wl.LATIN1_NAME, "ISO_IR 100", alerts=["LATEX"], pregnancy=1))
+    assert item.usable and item.scheduled.reason_codes and item.admitting_diagnoses
+    create = steps.in_progress(open_exam(*item.exam_parts(), UIDS), "CT_TEST", EQUIPMENT)
+    (step,) = create.ScheduledStepAttributesSequence
+    assert {e.keyword for e in step} == {
+        "StudyInstanceUID",
+        "ReferencedStudySequence",
+        "AccessionNumber",
+        "RequestedProcedureID",
+        "RequestedProcedureDescription",
+        "ScheduledProcedureStepID",
+        "ScheduledProcedureStepDescription",
+        "ScheduledProtocolCodeSequence",
+    }
+    patient = {e.keyword for e in create} & {
+        *steps.PATIENT_KEYS,
+        "ReasonForTheRequestedProcedure",
+        "ReasonForRequestedProcedureCodeSequence",
+        "AdmittingDiagnosesDescription",
+        "AdmittingDiagnosesCodeSequence",
+        "MedicalAlerts",
+        "PatientWeight",
+        "PatientSize",
+        "PregnancyStatus",
+    }
+    assert patient == set(steps.PATIENT_KEYS) - {"IssuerOfPatientID"}
+    assert create.PatientName.original_string.rstrip(b" ") == wl.LATIN1_NAME  # as encoded
+    (code,) = create.ProcedureCodeSequence  # the Requested Procedure Code Sequence
+    assert code.CodeValue.rstrip(b" ") == b"24627-2"
 
 
 def test_discontinued_exam_has_its_reason_code(tmp_path: Path, stack: ExitStack) -> None:

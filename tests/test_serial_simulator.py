@@ -4,6 +4,7 @@ faults land where PROTOCOL.md appendix A says (counted in the answer)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -12,14 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from hardware.dose import AcquisitionType, IrradiationEvent
 from hardware.serial_device import SHM_DIR
 from hardware.serial_simulator import (
     SerialReconstructor,
     SimulatorError,
     SimulatorServer,
     order_socket_for,
+    plan_from_json,
+    plan_to_json,
 )
-from hardware.simulator import Fault, Plan
+from hardware.simulator import Fault, Plan, mock_content
 
 
 @pytest.fixture
@@ -120,3 +124,32 @@ def test_one_scan_at_a_time(tmp_path: Path, ring: str) -> None:
         server.stop()  # ends the blocked scan: put_slice sees the device closing
     first.join(10)
     assert not first.is_alive() and "stopping" in str(outcome[0])
+
+
+def test_dose_options_travel_in_the_order_and_shape_the_records() -> None:
+    """`--localizer` and `--dose-check-ctdivol` reach the device side as the mock's options:
+    a constant-angle record before the helical one, which carries the notification."""
+    plan = Plan("T", 1, 1, localizer=True, dose_check_ctdivol_mgy=5.0)
+    assert plan_from_json(json.loads(json.dumps(plan_to_json(plan)))) == plan
+    records = [e for e in mock_content(plan) if isinstance(e, IrradiationEvent)]
+    kinds = [e.acquisition_type for e in records]
+    assert kinds == [AcquisitionType.CONSTANT_ANGLE, AcquisitionType.SPIRAL]
+    assert [len(e.alerts) for e in records] == [0, 1]
+    assert records[1].alerts[0].configured_value == 5.0
+    plain = [e for e in mock_content(Plan("T", 1, 1)) if isinstance(e, IrradiationEvent)]
+    assert [(e.acquisition_type, e.alerts) for e in plain] == [(AcquisitionType.SPIRAL, ())]
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"localizer": "yes"}, "localizer: expected true or false"),
+        ({"dose_check_ctdivol": -1}, "must be > 0 mGy"),
+        ({"dose_check_ctdivol": "high"}, "could not convert"),
+    ],
+)
+def test_bad_dose_options_in_an_order_say_why(extra: dict[str, object], why: str) -> None:
+    order = {**plan_to_json(Plan("T", 1, 1)), **extra}
+    with pytest.raises(SimulatorError, match="bad play order") as e:
+        plan_from_json(order)
+    assert why in str(e.value)

@@ -22,6 +22,7 @@ from pydicom.tag import Tag
 
 from agent.config import WorklistSettings
 from agent.dicom import modules
+from agent.exam import Encoded
 from agent.worklist import charset
 from agent.worklist.item import BadItem, WorklistItem, parse
 from agent.worklist.query import Filter, date_range, identifier, local_today, matches
@@ -34,6 +35,7 @@ JAPANESE_NAME = (
 )
 LATIN1_NAME = "Müller^Jürgen".encode("latin-1")
 UTF8_NAME = "Ωμέγα^Ζωή".encode()
+LATIN1_DIAGNOSIS = "Lungenembolie? Ödem".encode("latin-1")
 
 
 @dataclass
@@ -57,6 +59,11 @@ class Item:
     sex: str = "F"
     description: bytes = b"CT CHEST"
     patient_id: str = ""
+    diagnosis: bytes = b"SUSPECTED PULMONARY EMBOLISM"  # Admitting Diagnoses Description
+    diagnosis_code: tuple[str, str, str] | None = ("59282003", "SCT", "Pulmonary embolism")
+    procedure_code: tuple[str, str, str] | None = ("24627-2", "LN", "CT Chest")
+    reason: str = "DYSPNOEA"  # Reason for the Requested Procedure
+    reason_code: tuple[str, str, str] | None = ("267036007", "SCT", "Dyspnea")
 
     def dataset(self) -> Dataset:
         ds = Dataset()
@@ -70,6 +77,7 @@ class Item:
             (0x00101030, "DS", self.weight.encode()),
             (0x00101020, "DS", self.size.encode()),
             (0x00321060, "LO", self.description),
+            *([(0x00081080, "LO", self.diagnosis)] if self.diagnosis else []),
         ):
             value = raw + b" " * (len(raw) % 2)
             ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
@@ -82,6 +90,14 @@ class Item:
         ds.AccessionNumber = self.accession
         ds.ReferringPhysicianName = "WHO^REFERRING"
         ds.RequestedProcedureID = f"RP{self.accession}"[:16]
+        if self.diagnosis_code:
+            ds.AdmittingDiagnosesCodeSequence = [code_item(*self.diagnosis_code)]
+        if self.procedure_code:
+            ds.RequestedProcedureCodeSequence = [code_item(*self.procedure_code)]
+        if self.reason:
+            ds.ReasonForTheRequestedProcedure = self.reason
+        if self.reason_code:
+            ds.ReasonForRequestedProcedureCodeSequence = [code_item(*self.reason_code)]
         if self.study_uid:
             ds.StudyInstanceUID = self.study_uid
         step = Dataset()
@@ -91,11 +107,7 @@ class Item:
         step.Modality = self.modality
         step.ScheduledProcedureStepID = self.sps_id or f"S{self.accession}"[:16]
         step.ScheduledProcedureStepDescription = "CHEST WITHOUT CONTRAST"
-        code = Dataset()
-        code.CodeValue = "CTCHEST"
-        code.CodingSchemeDesignator = "99LOCAL"
-        code.CodeMeaning = "CT chest routine"
-        step.ScheduledProtocolCodeSequence = [code]
+        step.ScheduledProtocolCodeSequence = [code_item("CTCHEST", "99LOCAL", "CT chest routine")]
         ds.ScheduledProcedureStepSequence = [step]
         # the raw values above are then written as they are (pydicom converts raw values
         # when the character set differs from the one a dataset was read in)
@@ -107,6 +119,12 @@ class Item:
             ),
         )
         return ds
+
+
+def code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+    return code
 
 
 def write_items(folder: Path, items: Sequence[Item]) -> None:
@@ -159,7 +177,13 @@ def worklist(tmp_path: Path, port: int, **kw: object) -> Worklist:
 
 
 CHARSET_ITEMS = [
-    Item("A-LATIN1", LATIN1_NAME, "ISO_IR 100", study_uid="1.2.826.0.1.3680043.10.999.1"),
+    Item(
+        "A-LATIN1",
+        LATIN1_NAME,
+        "ISO_IR 100",
+        study_uid="1.2.826.0.1.3680043.10.999.1",
+        diagnosis=LATIN1_DIAGNOSIS,
+    ),
     Item("A-UTF8", UTF8_NAME, "ISO_IR 192"),
     Item("A-JIS", JAPANESE_NAME, ["", "ISO 2022 IR 87"], description=b"\x1b$B6;It\x1b(B CT"),
     Item("A-MR", modality="MR"),
@@ -192,6 +216,16 @@ def test_wlmscpfs_charsets_kept_byte_exact_and_matching(tmp_path: Path) -> None:
     # a Study Instance UID only where the item has one
     assert by_acc["A-LATIN1"].study_instance_uid == "1.2.826.0.1.3680043.10.999.1"
     assert by_acc["A-UTF8"].study_instance_uid == ""
+    # what IHE REM wants in the dose report: diagnoses (as encoded) and the procedure code
+    latin1 = by_acc["A-LATIN1"]
+    assert latin1.admitting_diagnoses == "Lungenembolie? Ödem"
+    (diagnosis,) = [e for e in latin1.patient_encoded if e.tag == 0x00081080]
+    assert diagnosis.value.rstrip(b" ") == LATIN1_DIAGNOSIS
+    assert latin1.procedure_codes == (("24627-2", "LN", "CT Chest"),)
+    assert latin1.scheduled.diagnosis_codes == ()  # wlmscpfs never returns (0008,1084)
+    assert latin1.to_json()["procedure_codes"] == [
+        {"value": "24627-2", "scheme": "LN", "meaning": "CT Chest"}
+    ]
     safety = by_acc["A-SAFETY"].to_json()
     assert safety["allergies"] == ["IODINE CONTRAST", "LATEX"]
     assert safety["medical_alerts"] == ["PACEMAKER"]
@@ -367,3 +401,112 @@ def test_a_config_value_the_set_cannot_hold_is_replaced_not_raised() -> None:
     ]
     assert ds.InstitutionName == "???? Hôpital" and str(ds.OperatorsName) == "??^??"
     assert ds.get_item(0x00100010).value.original_string.rstrip(b" ") == LATIN1_NAME
+
+
+def test_the_exam_keeps_what_ihe_rem_wants_across_a_restart(tmp_path: Path) -> None:
+    """Weight, size, diagnoses, reason and procedure codes of the item survive the exam
+    book's save and load (a daemon restarted mid-exam still makes a complete dose report)."""
+    from agent.exam import open_exam
+    from agent.exam_book import ExamBook
+    from tests.factory import EQUIPMENT, UIDS
+
+    item = _item(Item("R1", LATIN1_NAME, "ISO_IR 100", diagnosis=LATIN1_DIAGNOSIS))
+    patient, procedure = item.exam_parts()
+    assert (patient.weight_kg, patient.size_m) == ("70.5", "1.68")
+    assert procedure.scheduled is not None
+    assert len(procedure.scheduled.diagnosis_codes) == 1
+    assert len(procedure.scheduled.reason_codes) == len(procedure.scheduled.procedure_codes) == 1
+    exam = open_exam(patient, procedure, UIDS)
+    ExamBook(tmp_path / "exams.json").start(exam)
+    assert ExamBook(tmp_path / "exams.json").current == exam
+    ds = modules.exam_preview(exam, EQUIPMENT)
+    assert ds.AdmittingDiagnosesCodeSequence[0].CodeValue == b"59282003"  # as encoded
+    assert ds.get_item(0x00081080).value.rstrip(b" ") == LATIN1_DIAGNOSIS
+    request = modules.request_attributes(exam)
+    assert request.ReasonForTheRequestedProcedure == b"DYSPNOEA"
+    assert request.ReasonForRequestedProcedureCodeSequence[0].CodeMeaning == b"Dyspnea "
+
+
+def test_incomplete_codes_are_left_out_with_a_note() -> None:
+    item = _item(Item("R2", procedure_code=("24627-2", "LN", ""), diagnosis_code=None))
+    assert item.procedure_codes == () and item.usable
+    assert "Requested Procedure Code Sequence: 1 incomplete code(s) left out" in item.notes
+
+
+OVERLONG_REASON = "Dyspnoea and pleuritic chest pain since this morning, D-dimer raised: exclude PE"
+ICD10_MEANING = (  # an ICD-10 Code Meaning longer than LO's 64 characters
+    "Pulmonary embolism without acute cor pulmonale, other and unspecified pulmonary embolism"
+)
+
+
+def _values(elements: Sequence[Encoded]) -> dict[int, bytes]:
+    return {e.tag: e.value.rstrip(b" ") for e in elements}
+
+
+def _kept_byte_exact(item: WorklistItem) -> None:
+    """What the item had besides the value left out is there, as encoded."""
+    from agent.exam import open_exam
+    from tests.factory import EQUIPMENT, UIDS
+
+    assert item.usable, item.problems
+    patient, procedure = item.exam_parts()
+    ds = modules.exam_preview(open_exam(patient, procedure, UIDS), EQUIPMENT)
+    assert ds.get_item(0x00100010).value.original_string.rstrip(b" ") == LATIN1_NAME
+    assert ds.get_item(0x00081030).value.rstrip(b" ") == b"CT CHEST"  # Study Description
+
+
+def test_an_overlong_reason_is_left_out_not_the_item() -> None:
+    item = _item(
+        Item("R3", LATIN1_NAME, "ISO_IR 100", diagnosis=LATIN1_DIAGNOSIS, reason=OVERLONG_REASON)
+    )
+    _kept_byte_exact(item)
+    assert len(OVERLONG_REASON) > 64
+    note = next(n for n in item.notes if n.startswith("Reason for the Requested Procedure"))
+    assert "left out" in note and "ReasonForTheRequestedProcedure" in note
+    request = item.scheduled.request
+    assert 0x00401002 not in {e.tag for e in request}
+    assert _values(item.patient_encoded)[0x00081080] == LATIN1_DIAGNOSIS
+    assert [c[2].value for c in item.scheduled.reason_codes] == [b"Dyspnea "]
+    assert item.procedure_codes == (("24627-2", "LN", "CT Chest"),)
+
+
+def test_an_overlong_diagnoses_description_is_left_out_not_the_item() -> None:
+    item = _item(Item("R4", LATIN1_NAME, "ISO_IR 100", diagnosis=b"X" * 65))
+    _kept_byte_exact(item)
+    assert any(n.startswith("Admitting Diagnoses Description left out") for n in item.notes)
+    assert 0x00081080 not in {e.tag for e in item.patient_encoded}
+    assert item.admitting_diagnoses == ""
+    assert _values(item.scheduled.request)[0x00401002] == b"DYSPNOEA"
+
+
+@pytest.mark.parametrize("which", ["diagnosis_code", "procedure_code", "reason_code"])
+def test_a_code_with_an_overlong_meaning_is_left_out_not_the_item(which: str) -> None:
+    codes = {
+        "diagnosis_code": ("I26.9", "I10", "Pulmonary embolism"),
+        "procedure_code": ("24627-2", "LN", "CT Chest"),
+        "reason_code": ("267036007", "SCT", "Dyspnea"),
+    }
+    codes[which] = (codes[which][0], codes[which][1], ICD10_MEANING)
+    it = Item("R5", LATIN1_NAME, "ISO_IR 100", diagnosis=LATIN1_DIAGNOSIS, **codes)  # type: ignore[arg-type]
+    item = _item(it)
+    _kept_byte_exact(item)
+    assert item.scheduled is not None
+    kept = {
+        "diagnosis_code": item.scheduled.diagnosis_codes,
+        "procedure_code": item.scheduled.procedure_codes,
+        "reason_code": item.scheduled.reason_codes,
+    }
+    assert kept.pop(which) == ()
+    for name, left in kept.items():  # the other codes, byte for byte as the RIS sent them
+        assert [tuple(e.value.rstrip(b" ") for e in c) for c in left] == [
+            tuple(v.encode() for v in codes[name])
+        ]
+    assert any("a code left out" in n and "CodeMeaning" in n for n in item.notes), item.notes
+    assert _values(item.patient_encoded)[0x00081080] == LATIN1_DIAGNOSIS
+    assert _values(item.scheduled.request)[0x00401002] == b"DYSPNOEA"
+
+
+def test_a_value_that_blocked_an_item_before_still_does() -> None:
+    item = _item(Item("R6", description=b"D" * 65))  # Requested Procedure Description: LO
+    assert not item.usable
+    assert any("does not fit its DICOM type" in p for p in item.problems), item.problems

@@ -228,3 +228,28 @@ def test_orthanc_worklist_to_archive(tmp_path: Path, stack: ExitStack) -> None:
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     assert raw(ds, PN) == wl.UTF8_NAME and str(ds.PatientName) == "Ωμέγα^Ζωή"
     validate(tmp_path)
+
+
+def test_orthanc_item_gives_the_dose_report_what_ihe_rem_wants(
+    tmp_path: Path, stack: ExitStack
+) -> None:
+    """Size, weight, admitting diagnoses, reason and procedure codes from the RIS: the
+    report of a (simulated) acquisition passes dciodvfy -profile IHEREM with no error."""
+    (dciodvfy,) = require("dciodvfy")
+    port = orthanc(tmp_path, stack)
+    agent = start(tmp_path, port, stack, ris_ae="ORTHANC")
+    cfg = agent.config.read_text()
+    agent.config.write_text(
+        cfg.replace("[agent]\n", "[agent]\ndose_report_when_simulated = true\n")
+    )
+    agent.stop()
+    agent.start()
+    acquire(agent, "--accession", "A-LATIN1")
+    (sr,) = [f for f in (tmp_path / "archive").rglob("SR*") if f.is_file()]
+    out = subprocess.run([dciodvfy, "-profile", "IHEREM", str(sr)], capture_output=True, text=True)
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
+    assert errors == [], errors
+    ds = pydicom.dcmread(sr)
+    assert ds.AdmittingDiagnosesDescription == "Lungenembolie? Ödem"
+    assert ds.PerformedProcedureCodeSequence[0].CodeMeaning == "CT Chest"
+    validate(tmp_path)

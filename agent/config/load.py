@@ -209,8 +209,10 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
                 ),
                 send_while_scanning=d.get("send_while_scanning", True),
                 default=d.get("default", False),
+                dose_registry=d.get("dose_registry", False),
                 max_pdu=d.get("max_pdu", 131072),
                 batch_size=d.get("batch_size", 64),
+                associations=d.get("associations", 1),
                 retry_initial_s=float(d.get("retry_initial", 2)),
                 retry_max_s=float(d.get("retry_max", 300)),
             )
@@ -279,6 +281,13 @@ def semantic_problems(config: Config, raw: Mapping[str, Any]) -> list[tuple[str,
                 resolve(name)
             except ValueError as e:
                 found.append((f"{here}.transfer_syntaxes[{j}]", f"expected a transfer syntax: {e}"))
+        if d.dose_registry and d.default:
+            found.append(
+                (
+                    f"{here}.default",
+                    "expected false for a dose_registry: it receives dose reports, never images",
+                )
+            )
         if d.storage_commitment and config.agent.listen_port is None:
             found.append(
                 (

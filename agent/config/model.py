@@ -74,8 +74,10 @@ class Destination(Peer):
     commitment_report_ae_titles: tuple[str, ...] = ()  # who else may report for it
     send_while_scanning: bool = True
     default: bool = False
+    dose_registry: bool = False  # every exam's dose report, never an image
     max_pdu: int = 131072
     batch_size: int = 64
+    associations: int = 1  # at once; each series keeps to one
     retry_initial_s: float = 2.0
     retry_max_s: float = 300.0
 
@@ -127,3 +129,8 @@ class Config:
     @property
     def default_destinations(self) -> tuple[Destination, ...]:
         return tuple(d for d in self.destinations if d.default)
+
+    @property
+    def dose_registries(self) -> tuple[str, ...]:
+        """The destinations that get every exam's dose report and no image."""
+        return tuple(d.name for d in self.destinations if d.dose_registry)

@@ -218,11 +218,38 @@ def general_study(ds: Dataset, exam: Exam, started: datetime) -> None:
             ds.SpecificCharacterSet = list(terms) if len(terms) > 1 else terms[0]
         for e in (*exam.patient.encoded, *proc.scheduled.study):
             put_encoded(ds, e, terms)
+        if proc.scheduled.diagnosis_codes:  # Patient Study, with its description above
+            ds.AdmittingDiagnosesCodeSequence = code_items(proc.scheduled.diagnosis_codes, terms)
 
 
 def patient_study(ds: Dataset, p: Patient, study_date: date) -> None:
     if p.birth_date and p.birth_date <= study_date:
         ds.PatientAge = age(p.birth_date, study_date)
+    if p.size_m:
+        ds.PatientSize = p.size_m
+    if p.weight_kg:
+        ds.PatientWeight = p.weight_kg
+
+
+def code_items(codes: Sequence[Sequence[Encoded]], terms: Sequence[str]) -> list[Dataset]:
+    """Code Sequence items from a worklist item's codes, as encoded."""
+    items = []
+    for code in codes:
+        item = Dataset()
+        for e in code:
+            put_encoded(item, e, terms)
+        items.append(item)
+    return items
+
+
+def procedure_codes(exam: Exam) -> list[Dataset]:
+    """What was performed is what was requested: the worklist item's Requested Procedure
+    Code Sequence (the dose report's Performed Procedure Code Sequence, the MPPS's Procedure
+    Code Sequence); none for an exam registered by hand."""
+    scheduled = exam.procedure.scheduled
+    if scheduled is None:
+        return []
+    return code_items(scheduled.procedure_codes, scheduled.character_set)
 
 
 def general_series(
@@ -285,14 +312,12 @@ def request_attributes(exam: Exam) -> Dataset:
         put_encoded(item, e, terms)
     if proc.study_instance_uid:
         item.StudyInstanceUID = proc.study_instance_uid
-    codes = []
-    for code in proc.scheduled.protocol_codes:
-        c = Dataset()
-        for e in code:
-            put_encoded(c, e, terms)
-        codes.append(c)
+    codes = code_items(proc.scheduled.protocol_codes, terms)
     if codes:
         item.ScheduledProtocolCodeSequence = codes
+    reasons = code_items(proc.scheduled.reason_codes, terms)
+    if reasons:
+        item.ReasonForRequestedProcedureCodeSequence = reasons
     return item
 
 

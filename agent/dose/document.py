@@ -28,6 +28,8 @@ _REFERENCED_REQUEST_KEYS = (  # what the Referenced Request Sequence takes of th
     "RequestedProcedureDescription",
     "PlacerOrderNumberImagingServiceRequest",
     "FillerOrderNumberImagingServiceRequest",
+    "ReasonForTheRequestedProcedure",
+    "ReasonForRequestedProcedureCodeSequence",
 )
 
 
@@ -130,7 +132,7 @@ def _sr_document_general(ds: Dataset, exam: Exam, created: datetime, evidence: E
     ds.VerificationFlag = "UNVERIFIED"
     ds.ContentDate = modules.da(created)
     ds.ContentTime = modules.tm(created)
-    ds.PerformedProcedureCodeSequence = []
+    ds.PerformedProcedureCodeSequence = modules.procedure_codes(exam)
     if not exam.procedure.unscheduled:
         request = modules.request_attributes(exam)
         item = Dataset()
@@ -148,7 +150,7 @@ def _sr_document_general(ds: Dataset, exam: Exam, created: datetime, evidence: E
         ):
             if keyword not in item:
                 setattr(item, keyword, "")
-        item.RequestedProcedureCodeSequence = []
+        item.RequestedProcedureCodeSequence = modules.procedure_codes(exam)
         ds.ReferencedRequestSequence = [item]
     if evidence.series:
         ds.CurrentRequestedProcedureEvidenceSequence = [_evidence(exam, evidence)]

@@ -57,6 +57,7 @@ class DoseReports:
     wake: Callable[[Iterable[str]], None]
     clock: Callable[[], datetime] = lambda: datetime.now().astimezone()
     when_simulated: bool = False  # a report for simulated acquisitions too (integrators)
+    registries: tuple[str, ...] = ()  # dose registries: every report not simulated, at once
 
     def exam_ended(self, exam: Exam) -> SpooledInstance | None:
         """The exam's report, spooled and routed (the one already spooled, if any); None
@@ -72,7 +73,7 @@ class DoseReports:
                 return inst
         evidence, referenced = self._evidence(mine)
         if evidence.simulated and not self.when_simulated:
-            # nobody was irradiated: a report would put made-up dose into dose registries
+            # nobody was irradiated: no made-up dose unless an integrator asks for it
             log.info("exam %s: simulated acquisition, no dose report", exam.token)
             return None
         events = self._events(exam.token, referenced)
@@ -93,10 +94,11 @@ class DoseReports:
             raise DoseReportInvalid("; ".join(found))
         data = files.encode(ds)
         routing = self.route(exam)
-        spooled = self.spool.accept(
-            instance_record(ds, exam.token), data, routing.now, routing.deferred
-        )
-        self.wake(routing.now)
+        # made-up dose never reaches a registry: a simulated report goes to the archives only
+        registries = () if evidence.simulated else self.registries
+        now = (*routing.now, *(r for r in registries if r not in routing.now))
+        spooled = self.spool.accept(instance_record(ds, exam.token), data, now, routing.deferred)
+        self.wake(now)
         log.info("exam %s: dose report of %d irradiation event(s) queued", exam.token, len(events))
         return spooled
 
@@ -152,6 +154,7 @@ def for_daemon(d: Daemon) -> DoseReports:
         route=d.route,
         wake=d.wake,
         when_simulated=d.cfg.agent.dose_report_when_simulated,
+        registries=d.cfg.dose_registries,
     )
 
 

@@ -26,6 +26,7 @@ from agent.net.association import open_association
 from agent.net.outcome import Outcome, Verdict, n_service_verdict
 
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
+MPPS_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # proposed, in one context
 MAX_ATTEMPTS = 5  # a message the RIS answered with a transient failure this often is set aside
 
 
@@ -54,7 +55,7 @@ def _round(outbox: MppsOutbox, calling_ae: str, peer: Peer) -> MppsRound:
         return result
     if not pending:
         return result
-    contexts = [build_context(MPPS_SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    contexts = [build_context(MPPS_SOP_CLASS, list(MPPS_SYNTAXES))]
     opened = open_association(calling_ae, peer, contexts)
     if opened.assoc is None:
         assert opened.verdict is not None

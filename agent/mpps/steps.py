@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.uid import XRayRadiationDoseSRStorage
 
@@ -49,6 +50,29 @@ DISCONTINUATION_REASONS = {
 }
 UNSPECIFIED = "discontinued for unspecified reason"
 
+# what the N-CREATE may carry of the worklist item (PS3.4 Table F.7.2-1, PS3.3 C.4.13): a
+# strict RIS answers another attribute with 0105 (no such attribute), a permanent refusal
+SCHEDULED_STEP_KEYS = (
+    "StudyInstanceUID",
+    "ReferencedStudySequence",
+    "AccessionNumber",
+    "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest",
+    "RequestedProcedureID",
+    "RequestedProcedureDescription",
+    "ScheduledProcedureStepID",
+    "ScheduledProcedureStepDescription",
+    "ScheduledProtocolCodeSequence",
+)
+PATIENT_KEYS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "ReferencedPatientSequence",
+)
+
 
 @dataclass(frozen=True)
 class PerformedSeries:
@@ -80,7 +104,7 @@ def in_progress(exam: Exam, ae_title: str, equipment: Equipment) -> Dataset:
     ds.PerformedProcedureStepStatus = "IN PROGRESS"
     ds.PerformedProcedureStepDescription = _description(exam)
     ds.PerformedProcedureTypeDescription = ""
-    ds.ProcedureCodeSequence = []
+    ds.ProcedureCodeSequence = modules.procedure_codes(exam)
     ds.PerformedProcedureStepEndDate = ""
     ds.PerformedProcedureStepEndTime = ""
     ds.Modality = MODALITY
@@ -133,7 +157,8 @@ def _patient(ds: Dataset, exam: Exam) -> None:
     if terms:
         ds.SpecificCharacterSet = list(terms) if len(terms) > 1 else terms[0]
     for e in exam.patient.encoded:
-        modules.put_encoded(ds, e, terms)
+        if keyword_for_tag(e.tag) in PATIENT_KEYS:
+            modules.put_encoded(ds, e, terms)
 
 
 def _scheduled_step(item: Dataset, exam: Exam) -> None:
@@ -150,9 +175,9 @@ def _scheduled_step(item: Dataset, exam: Exam) -> None:
         return  # unscheduled (IHE SWF): the values above are empty but for the study
     request = modules.request_attributes(exam)  # the item's values as encoded
     for element in request:
-        if element.keyword == "StudyInstanceUID":
-            continue  # the images' own: the exam's (the worklist's when it gave one)
-        item[element.tag] = element
+        # Study Instance UID: the images' own, the exam's (the worklist's when it gave one)
+        if element.keyword in SCHEDULED_STEP_KEYS and element.keyword != "StudyInstanceUID":
+            item[element.tag] = element
     for e in proc.scheduled.study:
         if e.tag == 0x00080050:  # Accession Number, as encoded
             modules.put_encoded(item, e, proc.scheduled.character_set)

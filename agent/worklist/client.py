@@ -37,6 +37,9 @@ FAILURES = {
 }
 
 
+QUERY_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)  # proposed, in one context
+
+
 @dataclass
 class FindResult:
     items: list[WorklistItem] = field(default_factory=list)
@@ -53,9 +56,7 @@ class FindResult:
 def find(calling_ae: str, settings: WorklistSettings, request: Dataset) -> FindResult:
     started = time.monotonic()
     result = FindResult()
-    context = build_context(
-        ModalityWorklistInformationFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    )
+    context = build_context(ModalityWorklistInformationFind, list(QUERY_SYNTAXES))
     opened = open_association(calling_ae, settings, [context])
     if opened.assoc is None:
         result.verdict = opened.verdict

@@ -57,6 +57,8 @@ class WorklistItem:
     medical_alerts: tuple[str, ...]
     pregnancy_status: str  # "" when not given
     protocol_codes: tuple[tuple[str, str, str], ...]  # (value, scheme, meaning)
+    procedure_codes: tuple[tuple[str, str, str], ...]  # Requested Procedure Code Sequence
+    admitting_diagnoses: str  # Admitting Diagnoses Description
     character_set: tuple[str, ...]  # what the values are read in and the images declare
     patient_encoded: tuple[Encoded, ...]  # Patient and Patient Study values, as encoded
     scheduled: Scheduled
@@ -77,6 +79,8 @@ class WorklistItem:
             birth_date=self.birth_date,
             sex=self.sex,
             issuer_of_id=self.details.get("IssuerOfPatientID", ""),
+            weight_kg=self.weight_kg,
+            size_m=self.size_m,
             encoded=self.patient_encoded,
         )
         procedure = Procedure(
@@ -118,6 +122,10 @@ class WorklistItem:
             "protocol_codes": [
                 {"value": v, "scheme": s, "meaning": m} for v, s, m in self.protocol_codes
             ],
+            "procedure_codes": [
+                {"value": v, "scheme": s, "meaning": m} for v, s, m in self.procedure_codes
+            ],
+            "admitting_diagnoses": self.admitting_diagnoses or None,
             "details": self.details,
             "specific_character_set": list(self.character_set),
             "notes": list(self.notes),
@@ -139,6 +147,7 @@ _PATIENT = (
     "MedicalAlerts",
     "Allergies",
     "PregnancyStatus",
+    "AdmittingDiagnosesDescription",
 )
 _DETAILS = (
     "IssuerOfPatientID",
@@ -163,8 +172,14 @@ _REQUEST = (
     "RequestedProcedureDescription",
     "ScheduledProcedureStepID",
     "ScheduledProcedureStepDescription",
+    "ReasonForTheRequestedProcedure",
 )
 _STUDY = ("StudyInstanceUID", "ReferringPhysicianName")
+# optional values the images, the MPPS and the dose report carry when they fit their VR
+_OPTIONAL = {
+    "AdmittingDiagnosesDescription": "Admitting Diagnoses Description",
+    "ReasonForTheRequestedProcedure": "Reason for the Requested Procedure",
+}
 _CODE = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
 
 
@@ -211,17 +226,25 @@ def _parse(ds: Dataset, encoded: bytes, implicit: bool) -> WorklistItem:
     step = steps[0] if steps else Dataset()
     top = {k: e for k in (*_PATIENT, *_REQUEST, *_DETAILS, *_STUDY) if (e := _leaf(ds, k))}
     sps = {k: e for k in (*_DETAILS, *_REQUEST, *_STEP_ONLY) if (e := _leaf(step, k))}
-    codes = [
-        {k: e for k in _CODE if (e := _leaf(item, k)) and e.value.strip(b" \x00")}
-        for item in _items(step, "ScheduledProtocolCodeSequence")
-    ]
+    codes = _codes(step, "ScheduledProtocolCodeSequence")
+    procedure_codes = _codes(ds, "RequestedProcedureCodeSequence")
+    diagnosis_codes = _codes(ds, "AdmittingDiagnosesCodeSequence")
+    reason_codes = _codes(ds, "ReasonForRequestedProcedureCodeSequence")
     texts = [
-        (e.value, e.vr) for group in (top, sps, *codes) for e in group.values() if e.vr in TEXT_VRS
+        (e.value, e.vr)
+        for group in (top, sps, *codes, *procedure_codes, *diagnosis_codes, *reason_codes)
+        for e in group.values()
+        if e.vr in TEXT_VRS
     ]
     declared = charset.terms_of(e.value if (e := _leaf(ds, "SpecificCharacterSet")) else None)
     terms, note = charset.decide(declared, texts)
     notes: list[str] = [note] if note else []
     problems: list[str] = []
+    for group in (top, sps):  # optional values: one that does not fit is left out, not the item
+        for keyword, name in _OPTIONAL.items():
+            if keyword in group and (misfit := _misfit((group[keyword],), terms)):
+                del group[keyword]
+                notes.append(f"{name} left out, {misfit}")
 
     def text(group: dict[str, Encoded], keyword: str) -> str:
         e = group.get(keyword)
@@ -229,6 +252,28 @@ def _parse(ds: Dataset, encoded: bytes, implicit: bool) -> WorklistItem:
             return ""
         decoded = charset.decode_text(e.value, terms, e.vr)
         return decoded if decoded is not None else e.value.decode("latin-1").rstrip(" \x00")
+
+    def decoded(group: list[dict[str, Encoded]]) -> tuple[tuple[str, str, str], ...]:
+        return tuple(
+            (text(c, "CodeValue"), text(c, "CodingSchemeDesignator"), text(c, "CodeMeaning"))
+            for c in group
+        )
+
+    def complete(group: list[dict[str, Encoded]], name: str) -> list[dict[str, Encoded]]:
+        """Only whole codes (value, scheme and meaning: Type 1 where the report copies them)
+        whose values fit their VRs: a code that does not is left out, not the item."""
+        whole = [
+            c for c in group if {"CodeValue", "CodingSchemeDesignator", "CodeMeaning"} <= set(c)
+        ]
+        if len(whole) < len(group):
+            notes.append(f"{name}: {len(group) - len(whole)} incomplete code(s) left out")
+        kept = []
+        for c in whole:
+            if misfit := _misfit(tuple(c.values()), terms):
+                notes.append(f"{name}: a code left out, {misfit}")
+            else:
+                kept.append(c)
+        return kept
 
     def many(keyword: str) -> tuple[str, ...]:
         return tuple(v for v in text(top, keyword).split("\\") if v.strip())
@@ -257,6 +302,9 @@ def _parse(ds: Dataset, encoded: bytes, implicit: bool) -> WorklistItem:
     if not patient_id:
         problems.append("it has no Patient ID")
 
+    procedure_codes = complete(procedure_codes, "Requested Procedure Code Sequence")
+    diagnosis_codes = complete(diagnosis_codes, "Admitting Diagnoses Code Sequence")
+    reason_codes = complete(reason_codes, "Reason for Requested Procedure Code Sequence")
     request = {**{k: v for k, v in sps.items() if k in _REQUEST}, **_pick(top, _REQUEST)}
     patient_encoded = tuple(
         [e for e in _pick(top, _PATIENT_COPY).values() if e.value.strip(b" \x00")]
@@ -278,6 +326,9 @@ def _parse(ds: Dataset, encoded: bytes, implicit: bool) -> WorklistItem:
         ),
         request=tuple(e for e in request.values() if e.value.strip(b" \x00")),
         protocol_codes=tuple(tuple(c.values()) for c in codes if c),
+        procedure_codes=tuple(tuple(c.values()) for c in procedure_codes),
+        diagnosis_codes=tuple(tuple(c.values()) for c in diagnosis_codes),
+        reason_codes=tuple(tuple(c.values()) for c in reason_codes),
     )
     problems += _image_problems(patient_encoded, scheduled)
     details = {k: v for k in _DETAILS if (v := text(top, k) or text(sps, k))}
@@ -302,11 +353,9 @@ def _parse(ds: Dataset, encoded: bytes, implicit: bool) -> WorklistItem:
         allergies=many("Allergies"),
         medical_alerts=many("MedicalAlerts"),
         pregnancy_status=PREGNANCY.get(pregnancy or 0, ""),
-        protocol_codes=tuple(
-            (text(c, "CodeValue"), text(c, "CodingSchemeDesignator"), text(c, "CodeMeaning"))
-            for c in codes
-            if c
-        ),
+        protocol_codes=decoded(codes),
+        procedure_codes=decoded(procedure_codes),
+        admitting_diagnoses=text(top, "AdmittingDiagnosesDescription"),
         character_set=terms,
         patient_encoded=patient_encoded,
         scheduled=scheduled,
@@ -326,7 +375,23 @@ _STEP_ONLY = (
 )
 # copied as encoded into the Patient and Patient Study modules; dates, codes and numbers are
 # copied once checked (`_checked`)
-_PATIENT_COPY = ("PatientName", "PatientID", "IssuerOfPatientID", "MedicalAlerts", "Allergies")
+_PATIENT_COPY = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "MedicalAlerts",
+    "Allergies",
+    "AdmittingDiagnosesDescription",
+)
+
+
+def _codes(ds: Dataset, keyword: str) -> list[dict[str, Encoded]]:
+    """The non-empty code items of a sequence, their values as encoded."""
+    found = [
+        {k: e for k in _CODE if (e := _leaf(item, k)) and e.value.strip(b" \x00")}
+        for item in _items(ds, keyword)
+    ]
+    return [c for c in found if c]
 
 
 def _pick(group: dict[str, Encoded], keywords: Sequence[str]) -> dict[str, Encoded]:
@@ -364,14 +429,21 @@ def _pregnancy(e: Encoded | None) -> int | None:
 
 def _image_problems(patient: tuple[Encoded, ...], scheduled: Scheduled) -> list[str]:
     """What would make an image with these values invalid, found now rather than at every
-    slice (the images validate their values when they are encoded)."""
+    slice (the images validate their values when they are encoded). The optional values and
+    codes are checked on their own before (`_misfit`), and left out when they do not fit."""
+    misfit = _misfit((*patient, *scheduled.study, *scheduled.request), scheduled.character_set)
+    return [misfit] if misfit else []
+
+
+def _misfit(elements: Sequence[Encoded], terms: Sequence[str]) -> str:
+    """Why these values, as an image would carry them, do not fit their VRs; "" if they do."""
     from agent.dicom.modules import put_encoded
 
     ds = Dataset()
     try:
-        for e in (*patient, *scheduled.study, *scheduled.request):
-            put_encoded(ds, e, scheduled.character_set)
+        for e in elements:
+            put_encoded(ds, e, terms)
         files.validate(ds)
     except (files.InvalidDataset, ValueError) as e:
-        return [f"a value does not fit its DICOM type: {e}"]
-    return []
+        return f"a value does not fit its DICOM type: {e}"
+    return ""

@@ -38,6 +38,7 @@ PATIENT_KEYS = (
     "AdmissionID",
     "CurrentPatientLocation",
     "ConfidentialityConstraintOnPatientDataDescription",
+    "AdmittingDiagnosesDescription",  # with its code sequence: IHE REM wants them in the report
 )
 REQUEST_KEYS = (
     "StudyInstanceUID",
@@ -47,6 +48,7 @@ REQUEST_KEYS = (
     "RequestedProcedureID",
     "RequestedProcedureDescription",
     "RequestedProcedurePriority",
+    "ReasonForTheRequestedProcedure",
 )
 STEP_KEYS = (
     "ScheduledProcedureStepStartTime",
@@ -60,6 +62,13 @@ STEP_KEYS = (
     "CommentsOnTheScheduledProcedureStep",
 )
 CODE_KEYS = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
+# the code sequences asked for, each with one item of CODE_KEYS
+PATIENT_CODE_SEQUENCES = ("AdmittingDiagnosesCodeSequence",)  # with its description: IHE REM
+REQUEST_CODE_SEQUENCES = (
+    "RequestedProcedureCodeSequence",
+    "ReasonForRequestedProcedureCodeSequence",
+)
+STEP_CODE_SEQUENCES = ("ScheduledProtocolCodeSequence",)
 
 
 @dataclass(frozen=True)
@@ -115,10 +124,8 @@ def identifier(settings: WorklistSettings, f: Filter, today: date) -> Dataset:
         setattr(ds, keyword, None)
     ds.PatientName = name
     ds.AccessionNumber = f.accession
-    code = Dataset()
-    for keyword in CODE_KEYS:
-        setattr(code, keyword, None)
-    ds.RequestedProcedureCodeSequence = [code]
+    for keyword in PATIENT_CODE_SEQUENCES + REQUEST_CODE_SEQUENCES:
+        setattr(ds, keyword, [_code()])
     step = Dataset()
     step.ScheduledStationAETitle = settings.station_ae_title
     step.ScheduledProcedureStepStartDate = _da_range(date_range(settings, f, today))
@@ -126,12 +133,18 @@ def identifier(settings: WorklistSettings, f: Filter, today: date) -> Dataset:
     step.ScheduledProcedureStepID = f.sps_id
     for keyword in STEP_KEYS:
         setattr(step, keyword, None)
-    protocol = Dataset()
-    for keyword in CODE_KEYS:
-        setattr(protocol, keyword, None)
-    step.ScheduledProtocolCodeSequence = [protocol]
+    for keyword in STEP_CODE_SEQUENCES:
+        setattr(step, keyword, [_code()])
     ds.ScheduledProcedureStepSequence = [step]
     return ds
+
+
+def _code() -> Dataset:
+    """A code item of empty return keys."""
+    code = Dataset()
+    for keyword in CODE_KEYS:
+        setattr(code, keyword, None)
+    return code
 
 
 def matches(item: WorklistItem, settings: WorklistSettings, f: Filter, today: date) -> bool:
