@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient-name", help="DICOM PN, e.g. DOE^JANE")
     p.add_argument("--birth-date", help="YYYYMMDD")
     p.add_argument("--sex", choices=["M", "F", "O"])
+    p.add_argument("--weight", type=float, metavar="KG", help="Patient's Weight, by hand")
+    p.add_argument("--size", type=float, metavar="M", help="Patient's Size in metres, by hand")
     p.add_argument("--accession", help="alone: take the worklist item with this Accession Number")
     p.add_argument("--sps-id", help="take the worklist item with this Scheduled Procedure Step ID")
     p.add_argument("--unscheduled", action="store_true", help="an unidentified emergency patient")
@@ -90,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated faults to inject: directory: partial, garbage, duplicate, "
         "reorder, lose, hw-error; serial-shm: crc, garbage, drop, lose, duplicate, reorder, "
         "torn, disconnect, hw-error",
+    )
+    p.add_argument(
+        "--localizer", action="store_true", help="serial-shm: a localizer before the acquisition"
+    )
+    p.add_argument(
+        "--dose-check-ctdivol",
+        type=float,
+        metavar="MGY",
+        help="serial-shm: the scanner's dose check notifies above this CTDIvol (TID 10015)",
     )
     p.add_argument("--timeout", type=float, default=600)
 
@@ -126,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("echo", help="C-ECHO configured peers")
     _config(p)
     p.add_argument("names", nargs="*", help="peer names (default: all)")
+    p = sub.add_parser("doctor", help="check the whole setup; say what is wrong, what to do")
+    _config(p)
+    p.set_defaults(handler="agent.doctor:command")
+    for name, module, what in (
+        ("conformance", "conformance", "the DICOM Conformance Statement"),
+        ("config-reference", "config.reference", "the configuration reference"),
+    ):
+        p = sub.add_parser(name, help=f"print {what}, generated from the code")
+        p.add_argument("--write", action="store_true", help="write it into docs/")
+        p.add_argument("--check", action="store_true", help="exit 1 when docs/ is out of date")
+        p.set_defaults(handler=f"agent.{module}:command")
+        _common(p)
     p = sub.add_parser("tui", help="the technologist's terminal UI, a client of the daemon")
     p.add_argument("-c", "--config", required=True, type=Path, help="the agent's TOML file")
     _common(p)
@@ -144,7 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent import commands
 
     name = args.command + (f"_{args.step}" if args.command == "exam" else "")
-    handler = getattr(commands, name.replace("-", "_"))
+    if getattr(args, "handler", None):  # "module:function", imported only when used
+        module, _, function = args.handler.partition(":")
+        handler = getattr(importlib.import_module(module), function)
+    else:
+        handler = getattr(commands, name.replace("-", "_"))
     try:
         return int(handler(args))
     except KeyboardInterrupt:

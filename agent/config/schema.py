@@ -93,8 +93,15 @@ DESTINATION: dict[str, Any] = {
         },
         "send_while_scanning": {"type": "boolean", "default": True},
         "default": {"type": "boolean", "default": False},
+        "dose_registry": {
+            "type": "boolean",
+            "default": False,
+            "description": "a dose registry: gets every exam's dose report (none of "
+            "simulated acquisitions), never an image",
+        },
         "max_pdu": {"type": "integer", "minimum": 4096, "maximum": 4194304, "default": 131072},
         "batch_size": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 64},
+        "associations": {"type": "integer", "minimum": 1, "maximum": 8, "default": 1},
         "retry_initial": {
             **SECONDS,
             "default": 2,
@@ -158,7 +165,18 @@ WORKLIST: dict[str, Any] = {
 
 # Each driver's own keys; `driver` picks which apply (unknown keys are errors as everywhere).
 DRIVER_KEYS: dict[str, dict[str, Any]] = {
-    "mock": {},
+    "mock": {
+        "localizer": {
+            "type": "boolean",
+            "default": False,
+            "description": "a localizer's dose record before each exam's first acquisition",
+        },
+        "dose_check_ctdivol_mgy": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "the dose check notifies of acquisitions above this CTDIvol (mGy)",
+        },
+    },
     "directory": {
         "folder": {**PATH, "description": "the drop folder the reconstructor writes into"},
         "polling": {
@@ -234,7 +252,8 @@ SCHEMA: dict[str, Any] = {
                 "dose_report_when_simulated": {
                     "type": "boolean",
                     "default": False,
-                    "description": "a dose report for simulated acquisitions too (integrators)",
+                    "description": "a dose report for simulated acquisitions too, to the archives "
+                    "only: never to a dose registry (integrators)",
                 },
                 "retention_days": {
                     "type": "number",
@@ -304,4 +323,94 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "required": ["agent", "equipment", "hardware", "destinations"],
+}
+
+# For the configuration reference (agent/config/reference.py): what each key does and an
+# example, for keys whose schema has no "description" (which also words validation errors)
+# or no default. Looked up as "table.key", then "*.key" for a key every table shares.
+KEY_DOCS: dict[str, dict[str, Any]] = {
+    "agent.ae_title": {"example": "CT_CONSOLE1"},
+    "agent.spool_dir": {
+        "description": "the spool: images, delivery state, the open exam (on a local disk)",
+        "example": "/var/lib/modality-agent",
+    },
+    "agent.control_socket": {
+        "description": "the daemon's Unix socket for the CLI and the TUI",
+        "example": "/run/modality-agent/control.sock",
+    },
+    "agent.uid_root": {"example": "1.2.826.0.1.3680043.10.999"},
+    "agent.listen_port": {
+        "description": "our SCP's TCP port (Verification, Storage Commitment reports); "
+        "required with storage_commitment",
+        "example": 11113,
+    },
+    "agent.listen_host": {"example": "0.0.0.0"},
+    "equipment.manufacturer": {
+        "description": "Manufacturer (0008,0070)",
+        "example": "Example Medical",
+    },
+    "equipment.model_name": {
+        "description": "Manufacturer's Model Name (0008,1090)",
+        "example": "CT-1",
+    },
+    "equipment.device_serial_number": {
+        "description": "Device Serial Number (0018,1000)",
+        "example": "SN0001",
+    },
+    "equipment.station_name": {"description": "Station Name (0008,1010)", "example": "CT1"},
+    "equipment.institution_name": {
+        "description": "Institution Name (0008,0080)",
+        "example": "General Hospital",
+    },
+    "equipment.institution_address": {
+        "description": "Institution Address (0008,0081)",
+        "example": "1 Main Street",
+    },
+    "equipment.department_name": {
+        "description": "Institutional Department Name (0008,1040)",
+        "example": "Radiology",
+    },
+    "equipment.software_versions": {
+        "description": "Software Versions (0018,1020)",
+        "example": "1.0",
+    },
+    "hardware.folder": {"example": "/srv/recon-drop"},
+    "hardware.poll_interval": {"description": "seconds between looks in polling mode"},
+    "hardware.port": {"example": "/dev/modality-scanner"},
+    "hardware.baudrate": {"description": "the serial line's speed, bits per second"},
+    "hardware.ring_name": {"example": "modality-ring"},
+    "*.ae_title": {"example": "ARCHIVE"},
+    "*.host": {"description": "the peer's host name or IP address", "example": "10.0.0.5"},
+    "*.port": {"description": "the peer's TCP port", "example": 104},
+    "*.connect_timeout": {"description": "seconds to wait for the TCP connection"},
+    "*.acse_timeout": {"description": "seconds to wait for the association to be accepted"},
+    "*.dimse_timeout": {"description": "seconds to wait for each DIMSE response"},
+    "*.ca_file": {"example": "/etc/modality-agent/tls/ca.pem"},
+    "*.cert_file": {"example": "/etc/modality-agent/tls/console.pem"},
+    "*.key_file": {"example": "/etc/modality-agent/tls/console.key"},
+    "*.check_hostname": {"description": "also check that the certificate names the host"},
+    "worklist.ae_title": {"example": "RIS"},
+    "worklist.station_ae_title": {"example": "CT_CONSOLE1"},
+    "worklist.patient_name": {"example": "DOE*"},
+    "worklist.days_before": {"description": "the date range starts this many days before today"},
+    "worklist.days_after": {"description": "the date range ends this many days after today"},
+    "mpps.ae_title": {"example": "RIS"},
+    "destinations.name": {
+        "description": "the destination's name in the CLI, the TUI and the logs",
+        "example": "PACS",
+    },
+    "destinations.transfer_syntaxes": {"example": ["JPEGLSLossless", "ExplicitVRLittleEndian"]},
+    "destinations.storage_commitment": {
+        "description": "ask the archive to commit what it received (needs agent.listen_port)",
+    },
+    "destinations.commitment_report_ae_titles": {"example": ["ARCHIVE_SC"]},
+    "destinations.send_while_scanning": {
+        "description": "send each image as soon as it is accepted; false: when the exam ends",
+    },
+    "destinations.default": {"description": "chosen for an exam unless others are named"},
+    "destinations.max_pdu": {"description": "the largest PDU we accept (bytes)"},
+    "destinations.batch_size": {"description": "instances sent on one association at most"},
+    "destinations.associations": {
+        "description": "associations open to it at once; each series keeps to one (order holds)",
+    },
 }

@@ -18,6 +18,8 @@ from agent.config import TlsSettings
 from agent.net.outcome import Outcome, Verdict
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+#: TLS 1.2 suites (OpenSSL cipher list); TLS 1.3 suites are OpenSSL's defaults, all AEAD
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!MD5:!SHA1"
 # OpenSSL verify codes (X509_V_ERR_*) for a chain that does not lead to our CA
 _UNTRUSTED = {2, 18, 19, 20, 21, 27}
 _EXPIRED, _NOT_YET_VALID, _HOSTNAME_MISMATCH, _IP_MISMATCH = 10, 9, 62, 64
@@ -88,7 +90,7 @@ def _base(purpose: int, tls: TlsSettings) -> WitnessContext:
     ctx.sslsocket_class = _WitnessSocket
     ctx.minimum_version = MINIMUM_VERSION
     ctx.options |= ssl.OP_NO_COMPRESSION
-    ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!MD5:!SHA1")
+    ctx.set_ciphers(CIPHERS)
     return ctx
 
 

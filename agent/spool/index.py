@@ -66,6 +66,28 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, seq);
 """
 
+# MIGRATIONS[v] takes an index of schema v to v + 1 (bump SCHEMA_VERSION with each, and make
+# SCHEMA the result). They run at open, in the transaction that stamps the new version: an
+# upgraded package migrates the spool at the daemon's first start (docs/install.md).
+MIGRATIONS: dict[int, str] = {}
+
+
+def _upgrade(path: Path, version: int) -> str:
+    """The SQL that brings an index of schema `version` (0: a new file) to SCHEMA_VERSION."""
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"{path}: index schema {version} is newer than {SCHEMA_VERSION}: written by a newer"
+            " modality-agent (a downgrade?)"
+        )
+    steps = range(version or SCHEMA_VERSION, SCHEMA_VERSION)
+    missing = [v for v in steps if v not in MIGRATIONS]
+    if missing:
+        raise SpoolError(f"{path}: index schema {version}: no migration from schema {missing[0]}")
+    # SCHEMA last: its IF NOT EXISTS statements add what the migrations did not make. Each
+    # ends its statement, so that one without its ";" cannot run into the next.
+    return ";\n".join([*(MIGRATIONS[v] for v in steps), SCHEMA])
+
+
 _I_COLS = (
     "i.seq, i.sop_instance_uid, i.sop_class_uid, i.study_instance_uid, i.series_instance_uid,"
     " i.transfer_syntax_uid, i.instance_number, i.exam_token, i.size, i.sha256, i.accepted_at"
@@ -106,9 +128,18 @@ class Index:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise SpoolError(f"{path}: index schema {version} is newer than {SCHEMA_VERSION}")
-            conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION};")
+            upgrade = _upgrade(path, version)
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {upgrade} PRAGMA user_version={SCHEMA_VERSION};"
+                )
+            except sqlite3.Error as e:
+                if version in (0, SCHEMA_VERSION):
+                    raise
+                # whatever failed (a bad statement, a constraint a migration breaks), a
+                # SpoolError, not a DatabaseError: the index is sound, so it must not be set
+                # aside and rebuilt (which would send everything again)
+                raise SpoolError(f"{path}: migrating the index from schema {version}: {e}") from e
             conn.execute("COMMIT")
         except BaseException:
             conn.close()
