@@ -25,6 +25,7 @@ from agent.dicom import files, modules
 from agent.dose import hook as dose
 from agent.exam import Exam, Patient, Procedure, open_exam
 from agent.exam_book import ExamConflict, ExamEntry
+from agent.exam_series import SeriesLister
 from agent.net.echo import echo
 from agent.queue_report import queue_document
 from agent.timestamps import utc_iso
@@ -46,6 +47,7 @@ class Operations:
         self._simulating = threading.Lock()
         # exam start and end, with the token given to the hardware, happen one at a time
         self._lifecycle = threading.Lock()
+        self._series = SeriesLister(daemon.spool)
 
     def table(self) -> dict[str, Op]:
         ops: dict[str, tuple[Op, set[str]]] = {
@@ -97,6 +99,8 @@ class Operations:
         if refusal is not None:  # the scanner must stop before data could be lost (SPEC §5)
             raise OpError("failed", f"no new exam: {refusal}")
         if self._from_worklist(args):
+            if any(args.get(k) is not None for k in _MEASURES):
+                raise OpError("bad_request", "weight_kg and size_m are for a patient by hand")
             patient, procedure = self._worklist_item(args).exam_parts()
         else:
             patient, procedure = _patient_and_procedure(args)
@@ -107,6 +111,13 @@ class Operations:
             raise OpError(
                 "not_found",
                 f"no destination named {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+            )
+        registries = [n for n in names if n in self.d.cfg.dose_registries]
+        if registries:
+            raise OpError(
+                "bad_request",
+                f"{', '.join(registries)}: a dose registry gets every exam's dose report by "
+                "itself, and never an image",
             )
         exam = open_exam(
             patient,
@@ -264,8 +275,16 @@ class Operations:
         return {"exam": closed}
 
     def exam_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        exam = self._current_json()
+        series = []
+        if exam is not None:
+            listed = self._series.of_exam(
+                exam["study_instance_uid"], exam["token"], self.d.acquisition.open_series_uids()
+            )
+            series = [s.to_json() for s in listed]
         return {
-            "exam": self._current_json(),
+            "exam": exam,
+            "series": series,
             "unassigned": [h.to_json() for h in self.d.holding.series()],
         }
 
@@ -466,6 +485,8 @@ _EXAM_START_ARGS = (
     "patient_name",
     "birth_date",
     "sex",
+    "weight_kg",
+    "size_m",
     "accession",
     "unscheduled",
     "operator",
@@ -565,10 +586,26 @@ def _patient_and_procedure(args: dict[str, Any]) -> tuple[Patient, Procedure]:
         raise OpError("bad_request", "sex: expected M, F or O")
     accession = _string(args, "accession", 16)
     _check_vrs(PatientName=name, PatientID=pid, AccessionNumber=accession)
+    weight, size = (_measure(args, key) for key in _MEASURES)
     return (
-        Patient(name=name, id=pid, birth_date=birth_date, sex=sex),
+        Patient(name=name, id=pid, birth_date=birth_date, sex=sex, weight_kg=weight, size_m=size),
         Procedure(accession_number=accession, unscheduled=True, unidentified=unidentified),
     )
+
+
+# Patient's Weight (kg) and Size (m) given by hand: the upper bounds catch a size in cm
+_MEASURES = {"weight_kg": (650, "kilograms"), "size_m": (3, "metres (e.g. 1.75)")}
+
+
+def _measure(args: dict[str, Any], key: str) -> str:
+    """A Patient's Weight or Size as a Decimal String; "" when not given."""
+    value = args.get(key)
+    if value is None:
+        return ""
+    high, unit = _MEASURES[key]
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= high:
+        raise OpError("bad_request", f"{key}: expected {unit}, above 0 and at most {high}")
+    return f"{value:.6g}"
 
 
 def _check_vrs(**values: str) -> None:

@@ -10,7 +10,8 @@ from .model import DestinationSummary, StudySummary
 # Counts are of images: a study's structured reports (the dose report, SOP classes
 # 1.2.840.10008.5.1.4.1.1.88.*) are delivered like them but not counted as images; the
 # state is that of every instance, reports included (the last two columns).
-_IMAGE = "i.sop_class_uid NOT LIKE '1.2.840.10008.5.1.4.1.1.88.%'"
+REPORT_CLASSES = "1.2.840.10008.5.1.4.1.1.88."  # the prefix of every SR Storage SOP class
+_IMAGE = f"i.sop_class_uid NOT LIKE '{REPORT_CLASSES}%'"
 _PER_DESTINATION = f"""
 SELECT i.study_instance_uid, d.destination, sum({_IMAGE}),
        sum(d.state = 'delivered' AND {_IMAGE}), sum(d.commitment IS 'committed' AND {_IMAGE}),

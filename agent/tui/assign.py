@@ -40,19 +40,63 @@ def targets(board: Board) -> list[tuple[str, str]]:
     return found
 
 
-class AssignScreen(ModalScreen[bool]):
+def held_label(held: dict[str, Any]) -> str:
+    what = held.get("description") or "series start not seen"
+    return f"{what}, {held.get('slices', 0)} slices"
+
+
+class PickScreen(ModalScreen[Any]):
+    """A framed list to pick from: Enter picks the highlighted row, Esc goes back."""
+
     DEFAULT_CSS = """
-    AssignScreen { align: center middle; }
-    AssignScreen > Vertical { width: 76; max-width: 100%; height: auto; border: round $warning;
-                              padding: 0 1; }
-    AssignScreen OptionList { height: auto; max-height: 8; }
-    AssignScreen #assign-error { color: $error; text-style: bold; }
+    PickScreen { align: center middle; }
+    PickScreen > Vertical { width: 76; max-width: 100%; height: auto; border: round $warning;
+                       padding: 0 1; }
+    PickScreen OptionList { height: auto; max-height: 8; }
+    PickScreen #assign-error { color: $error; text-style: bold; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "assign", "assign", priority=True),
+        Binding("enter", "pick", "pick", priority=True),
         Binding("escape", "back", "back"),
     ]
 
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        if options.option_count:
+            options.highlighted = 0
+        options.focus()
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+    def action_pick(self) -> None:
+        index = self.query_one(OptionList).highlighted
+        if index is not None:
+            self.picked(index)
+
+    def picked(self, index: int) -> None:
+        raise NotImplementedError
+
+
+class HeldScreen(PickScreen):
+    """More than one series is held: which one to assign."""
+
+    def __init__(self, held: list[dict[str, Any]], board: Board) -> None:
+        super().__init__()
+        self.held = held
+        self.board = board
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("Which held series?", markup=False)
+            yield OptionList(*[Option(held_label(h)) for h in self.held])
+            yield Static("Enter: choose      Esc: back")
+
+    def picked(self, index: int) -> None:
+        self.app.switch_screen(AssignScreen(self.held[index], self.board))
+
+
+class AssignScreen(PickScreen):
     def __init__(self, held: dict[str, Any], board: Board) -> None:
         super().__init__()
         self.held = held
@@ -63,29 +107,13 @@ class AssignScreen(ModalScreen[bool]):
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
-        what = self.held.get("description") or "series start not seen"
         with Vertical():
-            yield Static(
-                f"Assign the held series ({what}, {self.held.get('slices', 0)} slices) to:",
-                markup=False,
-            )
+            yield Static(f"Assign the held series ({held_label(self.held)}) to:", markup=False)
             yield OptionList(*[Option(label, uid) for label, uid in self.targets])
             yield Static("", id="assign-error")
             yield Static("Enter: assign (recorded with your name)      Esc: back")
 
-    def on_mount(self) -> None:
-        options = self.query_one(OptionList)
-        if self.targets:
-            options.highlighted = 0
-        options.focus()
-
-    def action_back(self) -> None:
-        self.dismiss(False)
-
-    def action_assign(self) -> None:
-        index = self.query_one(OptionList).highlighted
-        if index is None or not self.targets:
-            return
+    def picked(self, index: int) -> None:
         self.assign(self.targets[index][1])
 
     @work(exclusive=True, exit_on_error=False)

@@ -59,6 +59,16 @@ class Board:
     def take_exam_status(self, doc: dict[str, Any]) -> None:
         self._take_exam(doc.get("exam"))
         self.unassigned = list(doc.get("unassigned", []))
+        if self.exam is not None and doc.get("exam") is not None:
+            for listed in doc.get("series", []):
+                self._take_series(listed)
+
+    def _take_series(self, listed: dict[str, Any]) -> None:
+        """A series as the spool holds it. Events may have counted further since the answer
+        was made, or not yet: both counts only grow, so the larger is the newer."""
+        s = self._series(listed)
+        s.slices = max(s.slices, int(listed.get("slices", 0)))
+        s.ended = s.ended or bool(listed.get("ended"))
 
     def take_queue(self, doc: dict[str, Any]) -> None:
         self.queue = doc

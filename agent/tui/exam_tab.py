@@ -105,13 +105,15 @@ class ExamTab(Vertical):
             self.app.push_screen(DiscontinueScreen())
 
     def action_assign(self) -> None:
-        from agent.tui.assign import AssignScreen
+        from agent.tui.assign import AssignScreen, HeldScreen
 
         board = self.agent.board
         if not board.unassigned:
             self.app.notify("No unassigned series.")
-            return
-        self.app.push_screen(AssignScreen(board.unassigned[0], board))
+        elif len(board.unassigned) == 1:
+            self.app.push_screen(AssignScreen(board.unassigned[0], board))
+        else:
+            self.app.push_screen(HeldScreen(list(board.unassigned), board))
 
     def _open(self) -> bool:
         exam = self.agent.board.exam
