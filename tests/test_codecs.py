@@ -334,6 +334,21 @@ def test_signed_without_sign_extension(ts: UID) -> None:
     assert out.PixelData == values.tobytes()
 
 
+def test_colour_rle_and_sv1() -> None:
+    """Our gdcm encoder takes single-sample 8/16-bit images only: RLE of colour goes to
+    pydicom's, JPEG Lossless SV1 of colour is refused."""
+    ds = make_ct_dataset(ct_pixels(32, 48), 12)
+    rgb = np.stack([ct_pixels(32, 48, seed=s) % 256 for s in range(3)], axis=-1).astype(np.uint8)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = rgb.tobytes()
+    out = codecs.transcode(ds, RLELossless)
+    np.testing.assert_array_equal(out.pixel_array, rgb)
+    with pytest.raises(CodecError, match="only produced for 8/16-bit single-sample"):
+        codecs.transcode(ds, JPEGLosslessSV1)
+
+
 def test_no_pixel_data_is_relabelled() -> None:
     ds = make_ct_dataset(ct_pixels(8, 8), 12)
     del ds.PixelData
