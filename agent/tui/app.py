@@ -88,11 +88,12 @@ class AgentApp(App[int]):
         self._pending: dict[int, tuple[str, float]] = {}
         self._next_request = 0
         self._last_input = time.monotonic()
+        self.header = Header()
 
     # -- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield self.header
         yield Static("▓▓ SIMULATED HARDWARE — images are not a patient's ▓▓", id="banner")
         with TabbedContent(initial="worklist"):
             with TabPane("1 Worklist", id="worklist"):
@@ -107,7 +108,7 @@ class AgentApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
-        header = self.query_one(Header)
+        header = self.header
         header.station = self.cfg.agent.ae_title
         header.driver = self.cfg.hardware.driver
         self.set_interval(0.2, self._paint)
@@ -142,7 +143,7 @@ class AgentApp(App[int]):
         self.board.hello = message.hello
         self.board.last_seq = 0
         self.query_one("#banner").display = bool(message.hello.get("simulated"))
-        self.query_one(Header).driver = str(message.hello.get("driver", self.cfg.hardware.driver))
+        self.header.driver = str(message.hello.get("driver", self.cfg.hardware.driver))
         for op in REFRESH_OPS:
             self.refresh_op(op)
         self.refresh_worklist()
@@ -251,7 +252,7 @@ class AgentApp(App[int]):
         self.operator = name
         self.signed_in = True
         self._last_input = time.monotonic()
-        self.query_one(Header).operator = name
+        self.header.operator = name
         self._audit("operator.sign_in", name)
         self.query_one(WorklistTab).focus_list()
 
@@ -285,7 +286,8 @@ class AgentApp(App[int]):
     # -- the clock: header, idle lock, ages ---------------------------------------------
 
     def _tick(self) -> None:
-        header = self.query_one(Header)
+        # kept, not queried: a tick or a link-down during shutdown finds no screen to ask
+        header = self.header
         header.clock = self.now().strftime("%H:%M")
         now = time.monotonic()
         slow = [op for op, since in self._pending.values() if now - since > SLOW_S]
