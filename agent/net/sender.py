@@ -170,7 +170,7 @@ def _let_the_reactor_pause(assoc: Association) -> None:
 def _store_one(assoc: Association, item: Outgoing, ts: str, staged: Future[Path]) -> SendResult:
     try:
         path = staged.result()
-    except (OSError, codecs.CodecError, ValueError) as e:
+    except (OSError, SpoolError, codecs.CodecError, ValueError) as e:
         return _unprepared(item, e)
     except Exception as e:  # a worker that died: this instance waits, the others go on
         log.exception("transcoding %s to %s", item.sop_instance_uid, ts)

@@ -1,7 +1,8 @@
 """Each outgoing instance as a Part 10 file in the transfer syntax it goes out in.
 
 When the archive takes the stored syntax, that is the spooled file itself (verified by the
-spool first) and its bytes are streamed as they are: no decode, no re-encode. Otherwise the
+spool first, in a thread, while the instances before it are sent) and its bytes are streamed as
+they are: no decode, no re-encode. Otherwise the
 instance is transcoded once per instance and syntax, in a process pool (every core, never on a
 sending thread), into a staging folder, and kept there until the instance is done with, so
 that a retry does not compress it again. Memory stays bounded: files, not bytes, are passed.
@@ -16,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -26,6 +27,7 @@ __all__ = ["Staging", "transcode_file"]
 
 _pool_lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
+_checker: ThreadPoolExecutor | None = None
 
 
 def _shared_pool() -> ProcessPoolExecutor:
@@ -41,6 +43,16 @@ def _shared_pool() -> ProcessPoolExecutor:
                 initargs=(os.getpid(),),
             )
         return _pool
+
+
+def _shared_checker() -> ThreadPoolExecutor:
+    """Threads that verify spooled files (read and SHA-256, both without the GIL) ahead of
+    their C-STORE, so that checking the next files overlaps sending this one."""
+    global _checker
+    with _pool_lock:
+        if _checker is None:
+            _checker = ThreadPoolExecutor(os.cpu_count() or 1, "spool-check")
+        return _checker
 
 
 def _worker_start(owner: int) -> None:
@@ -101,12 +113,11 @@ class Staging:
     def stage(
         self, sop_uid: str, stored_ts: str, ts: str, source: Callable[[], Path]
     ) -> Future[Path]:
-        """The file to send `sop_uid` in `ts`, now or once transcoded. `source()` gives the
-        verified spooled file; its errors (damaged, missing) are raised here."""
+        """The file to send `sop_uid` in `ts`, once verified or transcoded. `source()` gives
+        the verified spooled file; its errors (damaged, missing) are the future's when `ts` is
+        the stored syntax, raised here otherwise."""
         if ts == stored_ts:
-            done: Future[Path] = Future()
-            done.set_result(source())
-            return done
+            return _shared_checker().submit(source)
         with self._lock:
             staged = self._staged.get((sop_uid, ts))
             if staged is not None and not (staged.done() and staged.exception() is not None):
