@@ -30,17 +30,23 @@ def file_problem(path: Path, instance: SpooledInstance, full: bool) -> tuple[str
     """(kind, detail) when the file at `path` is not the accepted one; `full` also hashes it."""
     try:
         size = path.stat().st_size
+        digest = None
+        if full and size == instance.size:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
         return "missing", f"{path} is missing"
+    return content_problem(path, instance, size, digest)
+
+
+def content_problem(
+    path: Path, instance: SpooledInstance, size: int, digest: str | None
+) -> tuple[str, str] | None:
+    """(kind, detail) when `size` or `digest` (None: not hashed) of the file at `path` is not
+    the accepted one."""
     if size != instance.size:
         return "size", f"{path} has {size} bytes, {instance.size} were accepted"
-    if full:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != instance.sha256:
-            return (
-                "corrupt",
-                f"{path}: SHA-256 {digest} differs from the accepted {instance.sha256}",
-            )
+    if digest is not None and digest != instance.sha256:
+        return "corrupt", f"{path}: SHA-256 {digest} differs from the accepted {instance.sha256}"
     return None
 
 

@@ -46,7 +46,7 @@ from .model import (
     check_destination,
     check_uid,
 )
-from .recovery import recover
+from .recovery import content_problem, file_problem, recover
 from .summary import summarize
 
 log = logging.getLogger(__name__)
@@ -286,31 +286,19 @@ class Spool:
             data = path.read_bytes()
         except FileNotFoundError:
             self._flag(instance, "missing", f"{path} is missing")
-        if len(data) != instance.size:
-            self._flag(instance, "size", f"{path} has {len(data)} bytes, {instance.size} accepted")
         digest = hashlib.sha256(data).hexdigest()
-        if digest != instance.sha256:
-            self._flag(instance, "corrupt", f"{path}: SHA-256 {digest}, {instance.sha256} accepted")
+        problem = content_problem(path, instance, len(data), digest)
+        if problem is not None:
+            self._flag(instance, *problem)
         return data
 
     def verified_path(self, instance: SpooledInstance) -> Path:
         """The accepted file, once checked as `read` checks it, for senders that stream it
         from disk instead of holding its bytes."""
         path = self.path(instance)
-        digest = hashlib.sha256()
-        try:
-            with path.open("rb") as f:
-                size = 0
-                while chunk := f.read(1 << 20):
-                    size += len(chunk)
-                    digest.update(chunk)
-        except FileNotFoundError:
-            self._flag(instance, "missing", f"{path} is missing")
-        if size != instance.size:
-            self._flag(instance, "size", f"{path} has {size} bytes, {instance.size} accepted")
-        if digest.hexdigest() != instance.sha256:
-            detail = f"{path}: SHA-256 {digest.hexdigest()}, {instance.sha256} accepted"
-            self._flag(instance, "corrupt", detail)
+        problem = file_problem(path, instance, full=True)
+        if problem is not None:
+            self._flag(instance, *problem)
         return path
 
     def _flag(self, instance: SpooledInstance, kind: str, detail: str) -> NoReturn:
