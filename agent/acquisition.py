@@ -27,10 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
-
 from agent.alarms import Alarms
-from agent.dicom.assembler import Assembler, ImageFile, Series
+from agent.dicom.assembler import Assembler, Series
 from agent.exam import Exam
 from agent.faults import TRANSIENT, describe
 from agent.holding import START_NOT_SEEN, UNKNOWN_TOKEN, HeldSeries, Holding
@@ -51,32 +49,6 @@ from hardware.base import (
 from hardware.dose import IrradiationEvent
 
 log = logging.getLogger(__name__)
-
-
-def instance_record(ds: Dataset, exam_token: str | None = None) -> InstanceRecord:
-    """What the spool indexes of an instance."""
-    return InstanceRecord(
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.SeriesInstanceUID),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        instance_number=int(ds.InstanceNumber),
-        exam_token=exam_token,
-    )
-
-
-def file_record(image: ImageFile, exam_token: str | None = None) -> InstanceRecord:
-    """What the spool indexes of an encoded instance."""
-    return InstanceRecord(
-        sop_instance_uid=image.sop_instance_uid,
-        sop_class_uid=image.sop_class_uid,
-        study_instance_uid=image.study_instance_uid,
-        series_instance_uid=image.series_instance_uid,
-        transfer_syntax_uid=image.transfer_syntax_uid,
-        instance_number=image.instance_number,
-        exam_token=exam_token,
-    )
 
 
 # Slices made durable at once, each holding its encoded file (~0.5 MB) meanwhile. Each spends
@@ -280,8 +252,7 @@ class Acquisition:
             except Exception as e:
                 self._refuse(event, series, e)
                 return None
-        record = file_record(image, series.exam.token)
-        return _Job(event, series, record, image.parts, self.route(series.exam))
+        return _Job(event, series, image.record, image.parts, self.route(series.exam))
 
     def _durable(self, job: _Job) -> None:
         """In a worker: the slice durable in the spool, then released to the hardware. What
@@ -459,9 +430,8 @@ class Acquisition:
     def accept(self, series: Series, slice_: SliceReady) -> SpooledInstance:
         """Assemble one slice and make it durable in the spool, routed by `route`."""
         image = self.assembler.file(series, slice_)
-        record = file_record(image, series.exam.token)
         routing = self.route(series.exam)
-        spooled = self.spool.accept(record, image.parts, routing.now, routing.deferred)
+        spooled = self.spool.accept(image.record, image.parts, routing.now, routing.deferred)
         self._book(series, slice_.index, spooled)
         self._recheck_deferred(series.exam, routing)
         return spooled

@@ -141,10 +141,10 @@ class Corpus:
 
 
 def make_corpus(root: Path, count: int) -> Corpus:
-    from agent.acquisition import instance_record
     from agent.config import Equipment
     from agent.dicom import files
     from agent.dicom.assembler import Assembler
+    from agent.dicom.files import instance_record
     from agent.dicom.uids import UidFactory
     from agent.exam import Patient, Procedure, open_exam
     from agent.spool import Spool

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from agent.acquisition import instance_record
 from agent.config import Equipment
 from agent.dicom import files
 from agent.dicom.assembler import Assembler, Series
+from agent.dicom.files import instance_record
 from agent.dicom.uids import UidFactory
 from agent.exam import Exam, Patient, Procedure, open_exam
 from agent.spool import Spool, SpooledInstance

@@ -71,7 +71,7 @@ class Rig:
     def both(self, series: Series, slice_: SliceReady) -> tuple[bytes, bytes]:
         """(the quick path's file, pydicom's encoding of the full data set of the same slice)."""
         quick = self.assembler.file(series, slice_)
-        self.uids.forced.append(quick.sop_instance_uid)
+        self.uids.forced.append(quick.record.sop_instance_uid)
         full = encode(self.assembler.image(series, slice_))
         return quick.data, full
 
@@ -288,7 +288,7 @@ def test_dciodvfy_finds_no_error_in_quick_files(rig: Rig, tmp_path: Path) -> Non
         series = open_series(rig, make(rig.uids), recon=1, contrast_agent="IOHEXOL")
         for slice_ in slices(series, 4):
             image = rig.assembler.file(series, slice_)
-            (tmp_path / f"{kind}-{image.instance_number}.dcm").write_bytes(image.data)
+            (tmp_path / f"{kind}-{image.record.instance_number}.dcm").write_bytes(image.data)
     run = subprocess.run(
         [str(VALIDATE_DICOM), str(tmp_path)], capture_output=True, text=True, check=False
     )

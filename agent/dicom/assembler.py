@@ -34,6 +34,7 @@ from agent.dicom.uids import (
     is_valid_uid,
 )
 from agent.exam import Exam
+from agent.spool import InstanceRecord
 from hardware.base import SeriesStart, SliceReady
 
 __all__ = [
@@ -101,12 +102,7 @@ class ImageFile:
     """One instance as a Part 10 file, and what the spool indexes of it."""
 
     parts: tuple[bytes | memoryview, ...] = field(repr=False)  # the file's bytes, in pieces
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    instance_number: int
+    record: InstanceRecord  # its SOP Instance UID and the rest, with the series' exam token
 
     @property
     def data(self) -> bytes:
@@ -243,28 +239,21 @@ class Assembler:
             except ValueError:  # not an ordinary slice: the full path says what is wrong
                 pass
             else:
-                return ImageFile(
-                    tuple(template.parts(values)),
+                record = InstanceRecord(
                     sop_instance_uid=uid,
                     sop_class_uid=CTImageStorage,
                     study_instance_uid=series.exam.study_instance_uid,
                     series_instance_uid=series.series_instance_uid,
                     transfer_syntax_uid=template.transfer_syntax_uid,
                     instance_number=slice_.index + 1,
+                    exam_token=series.exam.token,
                 )
+                return ImageFile(tuple(template.parts(values)), record)
         ds = self.image(series, slice_)
         data = files.encode(ds)
         if not known:
             self._learn(series, slice_, ds, data)
-        return ImageFile(
-            (data,),
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            study_instance_uid=str(ds.StudyInstanceUID),
-            series_instance_uid=str(ds.SeriesInstanceUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            instance_number=int(ds.InstanceNumber),
-        )
+        return ImageFile((data,), files.instance_record(ds, series.exam.token))
 
     # -- the full path -------------------------------------------------------------------------
 

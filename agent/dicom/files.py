@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import IS, DSdecimal, DSfloat, PersonName, validate_value
 
 from agent.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from agent.spool import InstanceRecord
 
 _lock = threading.Lock()
 _depth = 0
@@ -109,3 +110,16 @@ def decode(data: bytes | Path) -> Dataset:
     if isinstance(data, Path):
         return dcmread(data)
     return dcmread(io.BytesIO(data))
+
+
+def instance_record(ds: Dataset, exam_token: str | None = None) -> InstanceRecord:
+    """What the spool indexes of an instance."""
+    return InstanceRecord(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        instance_number=int(ds.InstanceNumber),
+        exam_token=exam_token,
+    )

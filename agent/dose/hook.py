@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 from pydicom import dcmread
 from pydicom.uid import XRayRadiationDoseSRStorage
 
-from agent.acquisition import Routing, instance_record
+from agent.acquisition import Routing
 from agent.config.model import Equipment
 from agent.dicom import files
+from agent.dicom.files import instance_record
 from agent.dicom.uids import UidFactory
 from agent.dose import check, document
 from agent.exam import Exam
