@@ -22,9 +22,8 @@ from typing import Any
 PDU = 131072  # bytes, both sides, every benchmark
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
-# pynetdicom 3.0 can lose a C-STORE response to its own association reactor (a race between
-# Association._run_reactor and send_c_store's pause, pynetdicom issue #435): the store then
-# waits for the DIMSE timeout and is retried. Short here so that a run shows it, not hangs.
+# short, so that a lost C-STORE response shows in a run as a retry, not a hang (pynetdicom 3.0
+# lost one to its own reactor, issue #435, when the agent still sent through it)
 DIMSE_TIMEOUT_S = 5
 
 

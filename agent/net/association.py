@@ -19,7 +19,15 @@ from agent.config import Peer
 from agent.net.outcome import Outcome, Verdict
 from agent.net.tls import client_tls_context, tls_failure, tls_verdict
 
-__all__ = ["Opened", "client_tls_context", "open_association", "quiet", "set_nodelay"]
+__all__ = [
+    "Opened",
+    "client_tls_context",
+    "describe_rejection",
+    "open_association",
+    "quiet",
+    "set_nodelay",
+    "where_of",
+]
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -45,6 +53,17 @@ def quiet(assoc: Association) -> None:
         for handler, _ in list(bound):
             if getattr(handler, "__module__", "") == "pynetdicom._handlers":
                 assoc.unbind(event, handler)
+
+
+def where_of(peer: Peer) -> str:
+    """How the logs and verdicts name a peer."""
+    return f"{peer.ae_title}@{peer.host}:{peer.port}"
+
+
+def describe_rejection(where: str, rj: A_ASSOCIATE_RJ) -> Verdict:
+    """A permanent rejection fails; a transient one is retried (PS3.8 9.3.4)."""
+    outcome = Outcome.FAIL if rj.result == 0x01 else Outcome.RETRY
+    return Verdict(outcome, f"{where} rejected the association ({rj.result_str}: {rj.reason_str})")
 
 
 @dataclass
@@ -83,7 +102,7 @@ def open_association(
         if isinstance(event.pdu, A_ASSOCIATE_RJ):
             rejection.append(event.pdu)
 
-    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    where = where_of(peer)
     ctx: ssl.SSLContext | None = None
     tls_args: tuple[ssl.SSLContext, str] | None = None
     if peer.tls is not None:
@@ -115,13 +134,7 @@ def open_association(
     if not seen["connected"]:
         return Opened(None, Verdict(Outcome.RETRY, f"cannot connect to {where}"))
     if rejection:
-        rj = rejection[0]
-        detail = f"{rj.result_str}: {rj.reason_str}"
-        if rj.result == 0x01:
-            return Opened(
-                None, Verdict(Outcome.FAIL, f"{where} rejected the association ({detail})")
-            )
-        return Opened(None, Verdict(Outcome.RETRY, f"{where} rejected the association ({detail})"))
+        return Opened(None, describe_rejection(where, rejection[0]))
     if seen["answered"] and not assoc.accepted_contexts:
         return Opened(
             None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 
-from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from agent.dicom import codecs
@@ -39,9 +38,10 @@ def proposed_contexts(
     return contexts
 
 
-def best_accepted(assoc: Association, sop_class: str, syntaxes: Sequence[str]) -> str | None:
-    """The most preferred transfer syntax the acceptor took for `sop_class`, if any."""
-    accepted = {
-        cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class
-    }
-    return next((ts for ts in syntaxes if ts in accepted), None)
+def best_accepted(
+    accepted: Iterable[tuple[str, str]], sop_class: str, syntaxes: Sequence[str]
+) -> str | None:
+    """The most preferred transfer syntax among the `accepted` (abstract syntax, transfer
+    syntax) pairs for `sop_class`, if any."""
+    taken = {ts for abstract, ts in accepted if abstract == sop_class}
+    return next((ts for ts in syntaxes if ts in taken), None)

@@ -1,24 +1,26 @@
 """Deliver batches of spooled instances to one destination over one association, kept open
-from batch to batch while instances keep coming (`Link`)."""
+from batch to batch while instances keep coming (`Link`). The association is our own storage
+association (`store_scu`), not pynetdicom's: see there why."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import _config as pynetdicom_config
-from pynetdicom.association import Association
-
 from agent.config import Destination
 from agent.dicom import codecs
-from agent.net.association import open_association
 from agent.net.contexts import best_accepted, proposed_contexts, usable_syntaxes
 from agent.net.outcome import Outcome, Verdict, store_verdict
 from agent.net.staging import Staging
+from agent.net.store_scu import (
+    AssociationLost,
+    NoResponse,
+    StoreAssociation,
+    open_store_association,
+)
 from agent.spool import SpoolError
 
 log = logging.getLogger(__name__)
@@ -51,20 +53,16 @@ class Link:
     until `close` (the sender closes it when the destination goes idle)."""
 
     def __init__(self, calling_ae: str, dest: Destination, staging: Staging | None = None):
-        # send_c_store(path) then streams the file's data set in PDU-sized chunks instead of
-        # decoding and re-encoding it: pynetdicom's documented switch, which only concerns
-        # sends given a path (only this class makes them)
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
         self.calling_ae = calling_ae
         self.dest = dest
         self.staging = staging or Staging()
         self.opened = 0  # associations opened, for `queue`
-        self._assoc: Association | None = None
+        self._assoc: StoreAssociation | None = None
         self._sop_classes: frozenset[str] = frozenset()
 
     def close(self) -> None:
         assoc, self._assoc = self._assoc, None
-        if assoc is not None and assoc.is_established:
+        if assoc is not None:
             assoc.release()
 
     def send(self, batch: Sequence[Outgoing]) -> list[SendResult]:
@@ -76,7 +74,7 @@ class Link:
             why = f"none of {self.dest.name}'s transfer syntaxes can be produced here"
             return [SendResult(o.sop_instance_uid, Verdict(Outcome.FAIL, why)) for o in batch]
         classes = frozenset(o.sop_class_uid for o in batch)
-        reused = self._assoc is not None and self._assoc.is_established
+        reused = self._assoc is not None and not self._assoc.peer_left()
         if reused and not classes <= self._sop_classes:
             self.close()
             reused = False
@@ -101,12 +99,14 @@ class Link:
         self.close()
         contexts = proposed_contexts(sorted(classes), syntaxes)
         self.opened += 1
-        opened = open_association(self.calling_ae, self.dest, contexts, self.dest.max_pdu)
-        if opened.assoc is None:
-            assert opened.verdict is not None
-            log.warning("%s: %s", self.dest.name, opened.verdict.reason)
-            return [SendResult(o.sop_instance_uid, opened.verdict, None, True) for o in batch]
-        self._assoc, self._sop_classes = opened.assoc, classes
+        assoc, verdict = open_store_association(
+            self.calling_ae, self.dest, contexts, self.dest.max_pdu
+        )
+        if assoc is None:
+            assert verdict is not None
+            log.warning("%s: %s", self.dest.name, verdict.reason)
+            return [SendResult(o.sop_instance_uid, verdict, None, True) for o in batch]
+        self._assoc, self._sop_classes = assoc, classes
         return []
 
     def _send_on(self, batch: Sequence[Outgoing], syntaxes: Sequence[str]) -> list[SendResult]:
@@ -126,9 +126,10 @@ class Link:
         return results
 
     def _stage(
-        self, assoc: Association, item: Outgoing, syntaxes: Sequence[str]
+        self, assoc: StoreAssociation, item: Outgoing, syntaxes: Sequence[str]
     ) -> tuple[str, Future[Path]] | SendResult:
-        ts = best_accepted(assoc, item.sop_class_uid, syntaxes)
+        accepted = ((cx.abstract_syntax, cx.transfer_syntax) for cx in assoc.accepted_contexts)
+        ts = best_accepted(accepted, item.sop_class_uid, syntaxes)
         if ts is None:
             why = f"the archive accepted no context for SOP class {item.sop_class_uid}"
             return SendResult(item.sop_instance_uid, Verdict(Outcome.FAIL, why))
@@ -155,19 +156,9 @@ def _unprepared(item: Outgoing, e: Exception) -> SendResult:
     return SendResult(item.sop_instance_uid, why)
 
 
-def _let_the_reactor_pause(assoc: Association) -> None:
-    """Wait (50 ms at most) until the association's reactor thread has run since the last
-    C-STORE. pynetdicom 3.0 (issue #435): send_c_store pauses that thread by clearing an event
-    and waiting for its `_is_paused` flag, but the flag is still set from the previous pause
-    when the thread has not been scheduled since; it then wakes during the next store, takes
-    the response as an unexpected message and the store waits for the DIMSE timeout. Seen
-    about once in a few hundred stores on a loaded 2-core machine; read-only use of the flag."""
-    deadline = time.monotonic() + 0.05
-    while getattr(assoc, "_is_paused", False) and time.monotonic() < deadline:
-        time.sleep(0.0001)
-
-
-def _store_one(assoc: Association, item: Outgoing, ts: str, staged: Future[Path]) -> SendResult:
+def _store_one(
+    assoc: StoreAssociation, item: Outgoing, ts: str, staged: Future[Path]
+) -> SendResult:
     try:
         path = staged.result()
     except (OSError, SpoolError, codecs.CodecError, ValueError) as e:
@@ -176,19 +167,19 @@ def _store_one(assoc: Association, item: Outgoing, ts: str, staged: Future[Path]
         log.exception("transcoding %s to %s", item.sop_instance_uid, ts)
         why = Verdict(Outcome.RETRY, f"transcoding failed: {type(e).__name__}: {e}")
         return SendResult(item.sop_instance_uid, why)
-    _let_the_reactor_pause(assoc)
+    context = assoc.context_for(item.sop_class_uid, ts)
+    assert context is not None  # ts was chosen among the accepted contexts
     try:
-        status = assoc.send_c_store(path)
-    except RuntimeError:  # the association ended under us (abort, peer closed)
-        lost = Verdict(Outcome.RETRY, "association lost while sending this instance")
+        code = assoc.store(path, context, item.sop_instance_uid)
+    except NoResponse:  # the association is aborted
+        return SendResult(item.sop_instance_uid, store_verdict(None), ts, True)
+    except AssociationLost as e:
+        lost = Verdict(Outcome.RETRY, f"association lost while sending this instance: {e}")
         return SendResult(item.sop_instance_uid, lost, ts, True)
-    except (AttributeError, ValueError, OSError) as e:  # pynetdicom's "cannot encode" family
-        log.exception("C-STORE of %s could not be sent", item.sop_instance_uid)
+    except (OSError, ValueError) as e:  # the file cannot be read or sent as it is
+        log.warning("C-STORE of %s not sent: %s", item.sop_instance_uid, e)
         return SendResult(item.sop_instance_uid, Verdict(Outcome.FAIL, f"cannot send: {e}"))
-    code = int(status.Status) if status and "Status" in status else None
     verdict = store_verdict(code)
-    if code is None:  # timeout or abort: pynetdicom has aborted the association
-        return SendResult(item.sop_instance_uid, verdict, ts, True)
     if verdict.outcome is not Outcome.OK or code != 0:
         log.info("C-STORE %s: %s", item.sop_instance_uid, verdict.reason)
     return SendResult(item.sop_instance_uid, verdict, ts)
