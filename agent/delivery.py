@@ -128,7 +128,7 @@ class DestinationSender:
         for item in due:
             series = item.record.series_instance_uid
             lane = self._lane_of.setdefault(series, len(self._lane_of) % len(self._links))
-            batches[lane].append(_outgoing(self.spool, item))
+            batches[lane].append(outgoing(self.spool, item))
         opened = sum(link.opened for link in self._links)
         if self._lanes is None:
             results = self._links[0].send(batches[0])
@@ -188,7 +188,8 @@ class DestinationSender:
         self.spool.mark_retry([result.sop_instance_uid], name, result.verdict.reason, when)
 
 
-def _outgoing(spool: Spool, item: SpooledInstance) -> Outgoing:
+def outgoing(spool: Spool, item: SpooledInstance) -> Outgoing:
+    """`item` as the sender takes it: its file is checked by the spool when it is sent."""
     rec = item.record
     return Outgoing(
         rec.sop_instance_uid,

@@ -4,6 +4,7 @@ CT instances (mock scanner -> assembler -> spool), made once and sent by every b
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import platform
@@ -180,12 +181,14 @@ def make_corpus(root: Path, count: int) -> Corpus:
 
 def send_with_agent(
     corpus: Corpus, host: str, port: int, syntaxes: Sequence[str], run: str, associations: int = 1
-) -> float:
+) -> tuple[float, dict[str, int]]:
     """The agent's delivery loop (DestinationSender, as the daemon runs it) sending every
     instance of the corpus to a new destination `run`: seconds from the queue's release to
-    the last acknowledgement, transcoding inside the window."""
+    the last acknowledgement, transcoding inside the window; and how many instances went in
+    each transfer syntax."""
     from agent.config import Destination
     from agent.delivery import DestinationSender
+    from agent.net.staging import Staging
     from agent.spool import DeliveryState, Spool
 
     dest = Destination(
@@ -204,7 +207,15 @@ def send_with_agent(
     )
     with Spool(corpus.spool_dir) as spool:
         uids = [i.sop_instance_uid for i in spool.instances()]
-        sender = DestinationSender("CT_BENCH", dest, spool)
+        sent_in: dict[str, int] = {}
+
+        def count(result: Any) -> None:
+            if result.transfer_syntax_uid and result.verdict.outcome.value == "ok":
+                sent_in[result.transfer_syntax_uid] = sent_in.get(result.transfer_syntax_uid, 0) + 1
+
+        sender = DestinationSender("CT_BENCH", dest, spool, on_delivery=count)
+        # the daemon's pool is warm long before an exam ends: its start is not in the window
+        concurrent.futures.wait(Staging.warm())
         t0 = time.perf_counter()
         spool.add_destination(uids, run)  # the queue is released
         delivered = 0
@@ -216,4 +227,4 @@ def send_with_agent(
         sender.close()
     if delivered != len(uids):
         raise RuntimeError(f"{run}: {delivered} of {len(uids)} delivered")
-    return seconds
+    return seconds, sent_in

@@ -102,6 +102,13 @@ DESTINATION: dict[str, Any] = {
         "max_pdu": {"type": "integer", "minimum": 4096, "maximum": 4194304, "default": 131072},
         "batch_size": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 64},
         "associations": {"type": "integer", "minimum": 1, "maximum": 8, "default": 1},
+        "adaptive_compression": {
+            "type": "boolean",
+            "default": True,
+            "description": "when the archive accepts the stored syntax too, send an instance "
+            "as stored rather than wait for its compressed copy, where that is sooner (fast "
+            "links); false: always the most preferred syntax",
+        },
         "retry_initial": {
             **SECONDS,
             "default": 2,

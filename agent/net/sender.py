@@ -5,6 +5,7 @@ association (`store_scu`), not pynetdicom's: see there why."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from agent.config import Destination
 from agent.dicom import codecs
 from agent.net.contexts import best_accepted, proposed_contexts, usable_syntaxes
 from agent.net.outcome import Outcome, Verdict, store_verdict
+from agent.net.pacing import Choice, Pace, Plan
 from agent.net.staging import Staging
 from agent.net.store_scu import (
     AssociationLost,
@@ -59,6 +61,7 @@ class Link:
         self.opened = 0  # associations opened, for `queue`
         self._assoc: StoreAssociation | None = None
         self._sop_classes: frozenset[str] = frozenset()
+        self.pace = Pace()  # this destination's link, as the sends show it
 
     def close(self) -> None:
         assoc, self._assoc = self._assoc, None
@@ -112,33 +115,29 @@ class Link:
     def _send_on(self, batch: Sequence[Outgoing], syntaxes: Sequence[str]) -> list[SendResult]:
         assoc = self._assoc
         assert assoc is not None
-        # every transcoding of the batch starts now, in the pool, while the first ones go out
-        staged = [self._stage(assoc, item, syntaxes) for item in batch]
-        results: list[SendResult] = []
-        for item, prepared in zip(batch, staged, strict=True):
-            if isinstance(prepared, SendResult):
-                results.append(prepared)
-            elif not assoc.is_established:
-                lost = Verdict(Outcome.RETRY, "association lost before this instance was sent")
-                results.append(SendResult(item.sop_instance_uid, lost, None, True))
-            else:
-                results.append(_store_one(assoc, item, *prepared))
-        return results
-
-    def _stage(
-        self, assoc: StoreAssociation, item: Outgoing, syntaxes: Sequence[str]
-    ) -> tuple[str, Future[Path]] | SendResult:
-        accepted = ((cx.abstract_syntax, cx.transfer_syntax) for cx in assoc.accepted_contexts)
-        ts = best_accepted(accepted, item.sop_class_uid, syntaxes)
-        if ts is None:
-            why = f"the archive accepted no context for SOP class {item.sop_class_uid}"
-            return SendResult(item.sop_instance_uid, Verdict(Outcome.FAIL, why))
-        try:
-            return ts, self.staging.stage(
-                item.sop_instance_uid, item.transfer_syntax_uid, ts, item.source
+        accepted = {(cx.abstract_syntax, cx.transfer_syntax) for cx in assoc.accepted_contexts}
+        results: list[SendResult | None] = [None] * len(batch)
+        chosen: list[tuple[int, Choice]] = []
+        for n, item in enumerate(batch):
+            ts = best_accepted(accepted, item.sop_class_uid, syntaxes)
+            if ts is None:
+                why = f"the archive accepted no context for SOP class {item.sop_class_uid}"
+                results[n] = SendResult(item.sop_instance_uid, Verdict(Outcome.FAIL, why))
+                continue
+            stored_too = (item.sop_class_uid, item.transfer_syntax_uid) in accepted
+            choice = Choice(
+                item.sop_instance_uid, item.transfer_syntax_uid, ts, stored_too, item.source
             )
-        except (OSError, SpoolError) as e:
-            return _unprepared(item, e)
+            chosen.append((n, choice))
+        plan = Plan(self.staging, [c for _, c in chosen], self.pace, self.dest.adaptive_compression)
+        for k, (n, _) in enumerate(chosen):
+            item = batch[n]
+            if not assoc.is_established:
+                lost = Verdict(Outcome.RETRY, "association lost before this instance was sent")
+                results[n] = SendResult(item.sop_instance_uid, lost, None, True)
+            else:
+                results[n] = _store_one(assoc, item, *plan.take(k), self.pace)
+        return [r for r in results if r is not None]
 
 
 def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) -> list[SendResult]:
@@ -157,7 +156,7 @@ def _unprepared(item: Outgoing, e: Exception) -> SendResult:
 
 
 def _store_one(
-    assoc: StoreAssociation, item: Outgoing, ts: str, staged: Future[Path]
+    assoc: StoreAssociation, item: Outgoing, ts: str, staged: Future[Path], pace: Pace
 ) -> SendResult:
     try:
         path = staged.result()
@@ -169,8 +168,10 @@ def _store_one(
         return SendResult(item.sop_instance_uid, why)
     context = assoc.context_for(item.sop_class_uid, ts)
     assert context is not None  # ts was chosen among the accepted contexts
+    started = time.monotonic()
     try:
         code = assoc.store(path, context, item.sop_instance_uid)
+        pace.stored(time.monotonic() - started)
     except NoResponse:  # the association is aborted
         return SendResult(item.sop_instance_uid, store_verdict(None), ts, True)
     except AssociationLost as e:

@@ -55,9 +55,15 @@ def _shared_checker() -> ThreadPoolExecutor:
         return _checker
 
 
+WORKER_NICENESS = 10  # compression yields the cores to acquisition and sending
+
+
 def _worker_start(owner: int) -> None:
     """In each worker: a daemon killed with SIGKILL never shuts its pool down, and the
-    workers would wait for work forever; each leaves once its parent is no longer `owner`."""
+    workers would wait for work forever; each leaves once its parent is no longer `owner`.
+    Workers run at a lower priority: taking slices in and keeping the link busy come first,
+    compression uses what is left (on a 2-core console, at full priority it slowed both)."""
+    os.nice(WORKER_NICENESS)
 
     def watch() -> None:
         while os.getppid() == owner:
@@ -80,13 +86,16 @@ def _load_codecs() -> None:
     codecs.available()  # probes every plugin once, in this worker
 
 
-def transcode_file(source: str, ts_uid: str, target: str) -> None:
+def transcode_file(source: str, ts_uid: str, target: str) -> float:
     """In a worker: `source` transcoded to `ts_uid`, written to `target` (temp name, rename;
-    no fsync: a staged copy can always be made again from the spool)."""
+    no fsync: a staged copy can always be made again from the spool). Returns the seconds it
+    took this worker."""
+    started = time.perf_counter()
     data = codecs.transcode_bytes(Path(source).read_bytes(), ts_uid)
     partial = Path(target + ".part")
     partial.write_bytes(data)
     partial.replace(target)
+    return time.perf_counter() - started
 
 
 class Staging:
@@ -98,12 +107,11 @@ class Staging:
         self._lock = threading.Lock()
 
     @staticmethod
-    def warm() -> None:
+    def warm() -> list[Future[None]]:
         """Start the pool now (each worker imports the codecs: about a second), not when the
-        first instance to transcode is waiting."""
+        first instance to transcode is waiting; done when each worker has."""
         pool = _shared_pool()
-        for _ in range(os.cpu_count() or 1):
-            pool.submit(_load_codecs)
+        return [pool.submit(_load_codecs) for _ in range(os.cpu_count() or 1)]
 
     def _folder(self) -> Path:
         if self._dir is None:
@@ -111,29 +119,30 @@ class Staging:
         return self._dir
 
     def stage(
-        self, sop_uid: str, stored_ts: str, ts: str, source: Callable[[], Path]
+        self,
+        sop_uid: str,
+        stored_ts: str,
+        ts: str,
+        source: Callable[[], Path],
+        checked: Future[Path] | None = None,
+        timed: Callable[[float], None] | None = None,
     ) -> Future[Path]:
-        """The file to send `sop_uid` in `ts`, once verified or transcoded. `source()` gives
-        the verified spooled file; its errors (damaged, missing) are the future's when `ts` is
-        the stored syntax, raised here otherwise."""
+        """The file to send `sop_uid` in `ts`: the spooled file once `source()` has verified
+        it (in a thread; its errors, damaged or missing, are the future's), or a copy of it
+        transcoded to `ts` in the pool, made once per instance and syntax. `checked`: that
+        verification, already started. `timed` hears how many seconds a worker took for a
+        transcoding made now."""
         if ts == stored_ts:
-            return _shared_checker().submit(source)
+            return checked or _shared_checker().submit(source)
         with self._lock:
             staged = self._staged.get((sop_uid, ts))
             if staged is not None and not (staged.done() and staged.exception() is not None):
                 return staged
-        original = source()
-        target = self._folder() / f"{sop_uid}.{ts}.dcm"
-        pool = _shared_pool()
-        try:
-            job = pool.submit(transcode_file, str(original), ts, str(target))
-        except RuntimeError:  # the pool broke or shut down under us: a new one
-            _forget_pool(pool)
-            job = _shared_pool().submit(transcode_file, str(original), ts, str(target))
-        staged = Future()
-        job.add_done_callback(lambda j: _settle(j, staged, target, pool))
-        with self._lock:
+            staged = Future()
             self._staged[(sop_uid, ts)] = staged
+        target = self._folder() / f"{sop_uid}.{ts}.dcm"
+        checked = checked or _shared_checker().submit(source)
+        checked.add_done_callback(lambda c: _transcode(c, ts, target, staged, timed))
         return staged
 
     def discard(self, sop_uid: str) -> None:
@@ -155,11 +164,39 @@ class Staging:
             self._dir = None
 
 
+def _transcode(
+    checked: Future[Path],
+    ts: str,
+    target: Path,
+    staged: Future[Path],
+    timed: Callable[[float], None] | None,
+) -> None:
+    """Once the spooled file is verified: its transcoding, in the pool."""
+    try:
+        original = checked.result()
+        pool = _shared_pool()
+        try:
+            job = pool.submit(transcode_file, str(original), ts, str(target))
+        except RuntimeError:  # the pool broke or shut down under us: a new one
+            _forget_pool(pool)
+            pool = _shared_pool()
+            job = pool.submit(transcode_file, str(original), ts, str(target))
+        job.add_done_callback(lambda j: _settle(j, staged, target, pool, timed))
+    except BaseException as e:  # the future must end, or its sender would wait for ever
+        staged.set_exception(e)
+
+
 def _settle(
-    job: Future[None], staged: Future[Path], target: Path, pool: ProcessPoolExecutor
+    job: Future[float],
+    staged: Future[Path],
+    target: Path,
+    pool: ProcessPoolExecutor,
+    timed: Callable[[float], None] | None,
 ) -> None:
     error = job.exception()
     if error is None:
+        if timed is not None:
+            timed(job.result())
         staged.set_result(target)
         return
     if isinstance(error, BrokenProcessPool):

@@ -61,6 +61,7 @@ _PDU_HEADER = struct.Struct(">BBI")
 _PDV_HEADER = struct.Struct(">IBB")  # item length, context ID, message control header
 _DATA_PDU = struct.Struct(">BBIIBB")  # a PDU of one PDV: both headers, 12 bytes
 _COMMAND, _LAST = 0x01, 0x02  # message control header bits
+_AC_FIXED_FIELDS = 68  # version, reserved, AE titles, reserved (PS3.8 9.3.3)
 _LARGEST_PDU_READ = 16 * 1024 * 1024  # a longer PDU from the peer is a protocol error
 _UNLIMITED_FRAGMENT = 1024 * 1024  # fragment size when the peer sets no limit
 _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
@@ -111,28 +112,61 @@ def open_store_association(
         if peer.tls is not None and not isinstance(e, ConnectionRefusedError | TimeoutError):
             return None, tls_verdict(e, where, peer.tls)
         return None, Verdict(Outcome.RETRY, f"cannot connect to {where}")
-    proposed = {2 * i + 1: cx.abstract_syntax for i, cx in enumerate(contexts)}
+    proposed = {2 * i + 1: str(cx.abstract_syntax) for i, cx in enumerate(contexts)}
     try:
         sock.settimeout(peer.acse_timeout_s)
         sock.sendall(_associate_rq(calling_ae, peer.ae_title, contexts, max_pdu))
         kind, pdu = _read_pdu(sock)
     except (OSError, AssociationLost) as e:
         refusal = _tls_alert(sock, e)
+        if refusal is not None:
+            sock.close()
+            return None, tls_verdict(refusal, where, peer.tls)
+        _abort_and_close(sock)  # silent past the ACSE timeout, or not speaking DICOM
+        return None, _aborted(where)
+    if kind == _ABORT:  # not answered (PS3.8 9.2, AA-3)
         sock.close()
-        return None, _aborted(where) if refusal is None else tls_verdict(refusal, where, peer.tls)
-    if kind == _ASSOCIATE_RJ:
-        sock.close()
-        rj = A_ASSOCIATE_RJ()
-        rj.decode(pdu)
-        return None, describe_rejection(where, rj)
-    if kind != _ASSOCIATE_AC:
+        return None, _aborted(where)
+    try:
+        answer = _answer(kind, pdu, where, proposed)
+    except Exception:  # pynetdicom's decoders raise anything (AssertionError, KeyError,
+        # struct.error...) on bytes they cannot read: the peer broke the protocol
         _abort_and_close(sock)
         return None, _aborted(where)
+    if isinstance(answer, Verdict):
+        sock.close()
+        return None, answer
+    accepted, peer_max = answer
+    if 0 < peer_max <= _PDV_HEADER.size:
+        _abort_and_close(sock)
+        why = f"{where} takes PDUs of at most {peer_max} bytes: no room for any data"
+        return None, Verdict(Outcome.FAIL, why)
+    assoc = StoreAssociation(sock, where, accepted, peer_max, peer)
+    if not accepted:
+        assoc.release()
+        why = f"{where} accepted none of the proposed presentation contexts"
+        return None, Verdict(Outcome.FAIL, why)
+    return assoc, None
+
+
+def _answer(
+    kind: int, pdu: bytes, where: str, proposed: dict[int, str]
+) -> Verdict | tuple[list[AcceptedContext], int]:
+    """The rejection, or the accepted contexts and the peer's maximum PDU length (0: none)
+    of an A-ASSOCIATE-RJ or -AC; ValueError for any other PDU."""
+    if kind == _ASSOCIATE_RJ:
+        rj = A_ASSOCIATE_RJ()
+        rj.decode(pdu)
+        return describe_rejection(where, rj)
+    if kind != _ASSOCIATE_AC:
+        raise ValueError(f"a PDU of type 0x{kind:02X} answered the A-ASSOCIATE-RQ")
+    if len(pdu) < _PDU_HEADER.size + _AC_FIXED_FIELDS:  # pynetdicom takes it as empty
+        raise ValueError("an A-ASSOCIATE-AC shorter than its fixed fields")
     ac = A_ASSOCIATE_AC()
     ac.decode(pdu)
     answer = ac.to_primitive()
     accepted = [
-        AcceptedContext(cx.context_id, str(proposed[cx.context_id]), str(cx.transfer_syntax[0]))
+        AcceptedContext(cx.context_id, proposed[cx.context_id], str(cx.transfer_syntax[0]))
         for cx in answer.presentation_context_definition_results_list
         if cx.result == 0 and cx.context_id in proposed and cx.transfer_syntax
     ]
@@ -144,12 +178,7 @@ def open_store_association(
         ),
         0,
     )
-    assoc = StoreAssociation(sock, where, accepted, peer_max or 0, peer)
-    if not accepted:
-        assoc.release()
-        why = f"{where} accepted none of the proposed presentation contexts"
-        return None, Verdict(Outcome.FAIL, why)
-    return assoc, None
+    return accepted, peer_max or 0
 
 
 def _aborted(where: str) -> Verdict:
@@ -282,7 +311,7 @@ class StoreAssociation:
             command = _c_store_rq(self._message_id, context.abstract_syntax, sop_instance_uid)
             try:
                 sock.settimeout(self._dimse_timeout)
-                sock.sendall(_pdu_of_one_pdv(context.context_id, _COMMAND | _LAST, command))
+                self._send_command(sock, command, context.context_id)
                 self._send_data_set(sock, f, stored.data_set_offset, size, context.context_id)
                 return self._response(sock, self._message_id)
             except AssociationLost:
@@ -294,6 +323,14 @@ class StoreAssociation:
             except OSError as e:
                 self.abort()
                 raise AssociationLost(f"connection to {self.where} lost: {e}") from e
+
+    def _send_command(self, sock: socket.socket, command: bytes, context_id: int) -> None:
+        """The command set in PDVs the peer takes: fragmented too when its limit is below
+        the command's length (PS3.8 9.3.5)."""
+        for start in range(0, len(command), self._fragment):
+            end = start + self._fragment
+            control = _COMMAND | (_LAST if end >= len(command) else 0)
+            sock.sendall(_pdu_of_one_pdv(context_id, control, command[start:end]))
 
     def _send_data_set(
         self, sock: socket.socket, f: BufferedReader, offset: int, size: int, context_id: int
@@ -398,6 +435,8 @@ def read_file_meta(f: BufferedReader) -> StoredFile:
         if group != 2:
             raise ValueError(f"a group 0x{group:04X} element inside the File Meta Information")
         if vr in _LONG_LENGTH_VRS:
+            if pos + 12 > meta_length:
+                break  # a header cut by the group length: malformed, below
             (length,) = struct.unpack_from("<I", meta, pos + 8)
             pos += 12
         else:

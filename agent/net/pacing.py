@@ -1,0 +1,126 @@
+"""Which instances of a batch to compress and which to send as stored, so that the link does
+not wait for the compressor (`adaptive_compression`, on by default).
+
+Compression pays where the link is the limit: on 100 Mbit/s a JPEG-LS copy a third of the size
+goes out three times as fast. On a fast link it is the other way round: a 2-core console
+compresses ~100-180 CT slices/s while 1 Gbit/s carries ~220 uncompressed ones a second, so
+waiting for every compressed copy would leave the link idle. When the archive accepted both
+the preferred (compressed) syntax and the stored one for an instance's SOP class, the pool
+compresses instances far enough ahead that each copy is ready when the sender reaches it, and
+the instances in between go as stored. Both are lossless; the order of the batch holds.
+With one of them accepted, or `adaptive_compression = false`, every instance is prepared in
+the preferred syntax, the whole batch at once.
+
+How far ahead comes from two running averages: seconds per compression in a worker, and
+seconds per C-STORE on this destination's link.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.net.staging import Staging
+
+__all__ = ["Choice", "Pace", "Plan"]
+
+_WEIGHT = 0.2  # of the newest sample in a running average
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How one instance may go: in `ts`, the most preferred syntax the archive accepted for
+    it, or (`stored_too`: the archive accepted that one as well) in `stored_ts`."""
+
+    sop_instance_uid: str
+    stored_ts: str
+    ts: str
+    stored_too: bool
+    source: Callable[[], Path]  # the spooled file, integrity-checked
+
+    @property
+    def transcoded(self) -> bool:
+        return self.ts != self.stored_ts
+
+
+class Pace:
+    """Running averages of one destination's link (seconds)."""
+
+    def __init__(self) -> None:
+        self.store_s: float | None = None  # one C-STORE, any syntax
+        self.compress_s: float | None = None  # one compression, in a worker
+
+    def stored(self, seconds: float) -> None:
+        self.store_s = _average(self.store_s, seconds)
+
+    def compressed(self, seconds: float) -> None:
+        self.compress_s = _average(self.compress_s, seconds)
+
+    def lead(self, queued: int, workers: int) -> int:
+        """How many instances the sender gets through before a compression submitted now,
+        behind `queued` others, is ready. Rounded down: waiting less than one C-STORE for a
+        copy a third the size is better than sending the stored one."""
+        if self.compress_s is None or not self.store_s:
+            return 0
+        return math.floor(self.compress_s * (queued // workers + 1) / self.store_s)
+
+
+def _average(mean: float | None, sample: float) -> float:
+    return sample if mean is None else mean + _WEIGHT * (sample - mean)
+
+
+class Plan:
+    """The preparation of one batch. `take(i)`, called in order as the sender reaches each
+    instance, gives the syntax it goes in and the future of its file."""
+
+    def __init__(
+        self, staging: Staging, choices: Sequence[Choice], pace: Pace, adaptive: bool
+    ) -> None:
+        self._staging = staging
+        self._choices = choices
+        self._pace = pace
+        self._workers = os.cpu_count() or 1  # the pool's (agent/net/staging.py)
+        self._in_flight = 2 * self._workers  # compressions outstanding at most
+        self._adaptive = [adaptive and c.transcoded and c.stored_too for c in choices]
+        self._prepared: dict[int, tuple[str, Future[Path]]] = {}
+        self._copies: dict[int, Future[Path]] = {}  # compressions chosen ahead, not yet taken
+        self._next = 0  # the first instance not yet considered for compression
+        for i, choice in enumerate(choices):
+            # one way only: every compression of the batch starts now; else the stored file's
+            # check starts now (threads, cheap), and compressions are chosen as the sender goes
+            ts = choice.ts if not self._adaptive[i] else choice.stored_ts
+            self._prepared[i] = (ts, self._stage(choice, ts))
+
+    def take(self, i: int) -> tuple[str, Future[Path]]:
+        self._compress_ahead(i)
+        copy = self._copies.pop(i, None)
+        prepared = self._prepared.pop(i)
+        return (self._choices[i].ts, copy) if copy is not None else prepared
+
+    def _compress_ahead(self, i: int) -> None:
+        busy = sum(not f.done() for f in self._copies.values())
+        while busy < self._in_flight:
+            j = max(i + self._pace.lead(busy, self._workers), self._next)
+            while j < len(self._choices) and not self._adaptive[j]:
+                j += 1
+            if j >= len(self._choices):
+                return
+            self._next = j + 1
+            # the stored file's check, started for it in __init__, is not made twice
+            _, checked = self._prepared[j]
+            self._copies[j] = self._stage(self._choices[j], self._choices[j].ts, checked)
+            busy += 1
+
+    def _stage(self, choice: Choice, ts: str, checked: Future[Path] | None = None) -> Future[Path]:
+        return self._staging.stage(
+            choice.sop_instance_uid,
+            choice.stored_ts,
+            ts,
+            choice.source,
+            checked,
+            self._pace.compressed,
+        )
