@@ -378,6 +378,19 @@ def silence(conn: Connection) -> None:
     conn.read_message()
 
 
+def trickle(conn: Connection) -> None:
+    """A response one byte at a time, each well within the timeout, the whole far beyond it:
+    the DIMSE timeout bounds the whole response, not each read."""
+    conn.read_message()
+    stop = threading.Event()  # never set: its wait paces the bytes
+    for byte in pdu(P_DATA, bytes(100)):
+        try:
+            conn.send(bytes([byte]))
+        except OSError:  # we gave up and closed
+            return
+        stop.wait(TIMEOUT_S / 4)
+
+
 FAULTS = {
     # fault: (script, words of the second instance's verdict, whether we send an A-ABORT)
     "wrong-message-id": (wrong_message_id, "something else than our C-STORE", True),
@@ -388,6 +401,7 @@ FAULTS = {
     "close-mid-response": (close_mid_response, "closed the connection", True),
     "100-mb-pdu": (huge_pdu, "a PDU of 104857600 bytes", True),
     "silence": (silence, store_verdict(None).reason, True),
+    "trickle": (trickle, store_verdict(None).reason, True),
 }
 
 

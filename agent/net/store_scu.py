@@ -22,6 +22,7 @@ import select
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BufferedReader
@@ -116,7 +117,7 @@ def open_store_association(
     try:
         sock.settimeout(peer.acse_timeout_s)
         sock.sendall(_associate_rq(calling_ae, peer.ae_title, contexts, max_pdu))
-        kind, pdu = _read_pdu(sock)
+        kind, pdu = _read_pdu(sock, time.monotonic() + peer.acse_timeout_s)
     except (OSError, AssociationLost) as e:
         refusal = _tls_alert(sock, e)
         if refusal is not None:
@@ -283,12 +284,12 @@ class StoreAssociation:
         sock = self._sock
         if sock is None:
             return True
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        waiting = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0  # decrypted already
+        if not waiting and not select.select([sock], [], [], 0)[0]:
             return False
         try:
             sock.settimeout(self._acse_timeout)
-            kind, _ = _read_pdu(sock)
+            kind, _ = _read_pdu(sock, time.monotonic() + self._acse_timeout)
             if kind == _RELEASE_RQ:
                 sock.sendall(_RELEASE_RP_PDU)
         except (OSError, AssociationLost):
@@ -351,8 +352,9 @@ class StoreAssociation:
 
     def _response(self, sock: socket.socket, message_id: int) -> int:
         command = bytearray()
+        deadline = time.monotonic() + self._dimse_timeout  # for the whole response
         while True:
-            kind, pdu = _read_pdu(sock)
+            kind, pdu = _read_pdu(sock, deadline)
             if kind != _P_DATA:
                 self._unexpected(kind)
             for control, value in _pdvs(pdu):
@@ -393,8 +395,9 @@ class StoreAssociation:
         try:
             sock.settimeout(self._acse_timeout)
             sock.sendall(_RELEASE_RQ_PDU)
+            deadline = time.monotonic() + self._acse_timeout
             while True:
-                kind, _ = _read_pdu(sock)
+                kind, _ = _read_pdu(sock, deadline)
                 if kind in (_RELEASE_RP, _ABORT):
                     break
                 if kind == _RELEASE_RQ:  # release collision: the requestor answers first
@@ -466,28 +469,30 @@ def _size(f: BufferedReader) -> int:
     return os.fstat(f.fileno()).st_size
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
+def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """`n` bytes by `deadline` (time.monotonic): a peer trickling bytes cannot hold us longer."""
     buffer = bytearray(n)
     view = memoryview(buffer)
     got = 0
     while got < n:
         try:
+            sock.settimeout(max(0.0, deadline - time.monotonic()) or 0.001)
             k = sock.recv_into(view[got:])
         except TimeoutError as e:
-            raise NoResponse(f"no answer within {sock.gettimeout()} s") from e
+            raise NoResponse("no answer in time") from e
         if k == 0:
             raise AssociationLost("the peer closed the connection")
         got += k
     return bytes(buffer)
 
 
-def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """(type, the whole PDU) of the next PDU from the peer."""
-    header = _read_exactly(sock, _PDU_HEADER.size)
+def _read_pdu(sock: socket.socket, deadline: float) -> tuple[int, bytes]:
+    """(type, the whole PDU) of the next PDU from the peer, by `deadline`."""
+    header = _read_exactly(sock, _PDU_HEADER.size, deadline)
     kind, _, length = _PDU_HEADER.unpack(header)
     if length > _LARGEST_PDU_READ:
         raise AssociationLost(f"the peer sent a PDU of {length} bytes")
-    return kind, header + _read_exactly(sock, length)
+    return kind, header + _read_exactly(sock, length, deadline)
 
 
 def _pdvs(pdu: bytes) -> list[tuple[int, bytes]]:
@@ -496,8 +501,8 @@ def _pdvs(pdu: bytes) -> list[tuple[int, bytes]]:
     pos = _PDU_HEADER.size
     while pos + _PDV_HEADER.size <= len(pdu):
         length, _, control = _PDV_HEADER.unpack_from(pdu, pos)
-        if length < 2:
-            raise AssociationLost("a PDV item shorter than its header")
+        if length < 2 or pos + 4 + length > len(pdu):
+            raise AssociationLost("a PDV item shorter than its header or longer than its PDU")
         items.append((control, pdu[pos + _PDV_HEADER.size : pos + 4 + length]))
         pos += 4 + length
     return items
