@@ -153,8 +153,10 @@ def run_demo(slices: int, workdir: Path | None, as_json: bool) -> int:
         "study_instance_uid": study,
         "images_sent": delivered,
         "images_per_series": series_sizes(slices),
-        "transfer_syntax": ts,
+        "transfer_syntax": ts,  # the one most images went in
         "transfer_syntax_name": UID(ts).name if ts else None,
+        # every syntax used, with its count: with adaptive compression a fast link mixes them
+        "transfer_syntaxes": dict(progress.syntaxes.most_common()),
         "seconds": round(seconds, 3),
         "images_per_second": round(delivered / seconds, 1) if seconds else None,
         "spool_dir": str(cfg.agent.spool_dir),
@@ -192,6 +194,10 @@ def _delivered(daemon: Daemon, study: str | None) -> int:
     return 0
 
 
+def _syntaxes(counts: dict[str, int]) -> str:
+    return ", ".join(f"{UID(ts).name} ({ts}): {n}" for ts, n in counts.items()) or "none"
+
+
 def _print_summary(s: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(s, indent=2))
@@ -203,7 +209,7 @@ Demo exam {status}.
   Study Instance UID  {s["study_instance_uid"]}
   images per series   {s["images_per_series"]}
   images sent         {s["images_sent"]}
-  transfer syntax     {s["transfer_syntax_name"]} ({s["transfer_syntax"]})
+  transfer syntax     {_syntaxes(s["transfer_syntaxes"])}
   time                {s["seconds"]} s ({s["images_per_second"]} images/s)
   archive wrote to    {s["archive_dir"]}
   spool               {s["spool_dir"]}
