@@ -29,6 +29,7 @@ from agent.net.staging import Staging
 __all__ = ["Choice", "Pace", "Plan"]
 
 _WEIGHT = 0.2  # of the newest sample in a running average
+CHECK_AHEAD = 8  # stored files checked ahead of the sender (each ~1 ms, in threads)
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,26 @@ class Plan:
         self._copies: dict[int, Future[Path]] = {}  # compressions chosen ahead, not yet taken
         self._next = 0  # the first instance not yet considered for compression
         for i, choice in enumerate(choices):
-            # one way only: every compression of the batch starts now; else the stored file's
-            # check starts now (threads, cheap), and compressions are chosen as the sender goes
-            ts = choice.ts if not self._adaptive[i] else choice.stored_ts
-            self._prepared[i] = (ts, self._stage(choice, ts))
+            if choice.transcoded and not self._adaptive[i]:
+                # one way only: every compression of the batch starts now
+                self._prepared[i] = (choice.ts, self._stage(choice, choice.ts))
 
     def take(self, i: int) -> tuple[str, Future[Path]]:
+        for k in range(i, min(i + CHECK_AHEAD, len(self._choices))):
+            self._checked(k)
         self._compress_ahead(i)
         copy = self._copies.pop(i, None)
         prepared = self._prepared.pop(i)
         return (self._choices[i].ts, copy) if copy is not None else prepared
+
+    def _checked(self, k: int) -> Future[Path]:
+        """Instance k's stored file, once checked (in threads); the check is started once.
+        Not the whole batch's at once: a compression chosen ahead waits for its file's check,
+        which would queue behind all the others."""
+        if k not in self._prepared:
+            choice = self._choices[k]
+            self._prepared[k] = (choice.stored_ts, self._stage(choice, choice.stored_ts))
+        return self._prepared[k][1]
 
     def _compress_ahead(self, i: int) -> None:
         busy = sum(not f.done() for f in self._copies.values())
@@ -110,8 +121,8 @@ class Plan:
             if j >= len(self._choices):
                 return
             self._next = j + 1
-            # the stored file's check, started for it in __init__, is not made twice
-            _, checked = self._prepared[j]
+            # the copy is made from the checked stored file: one check, not two
+            checked = self._checked(j)
             self._copies[j] = self._stage(self._choices[j], self._choices[j].ts, checked)
             busy += 1
 
