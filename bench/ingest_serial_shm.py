@@ -23,9 +23,10 @@ peak (ru_maxrss), of the measured process.
 
 Baselines on the same data in the same run (there is no DCMTK tool that ingests from a
 shared-memory ring, so no like-for-like DCMTK figure exists): `raw_fsync` writes the same
-encoded files with the spool's file discipline alone (temporary file, fsync, rename, fsync
-of the folder; no index, no assembly, no ring): the disk's ceiling for one durable file per
-slice (`raw_fsync_2_threads`: two files in flight, what a pipelined writer could get).
+encoded files with the spool's file discipline alone (temporary file, its whole blocks
+written with O_DIRECT, fsync, rename, fsync of the folder; no index, no assembly, no ring):
+the disk's ceiling for one durable file per slice (`raw_fsync_2_threads`: two files in
+flight, what a pipelined writer could get).
 `dcmtk_storescp` sends the same files with DCMTK `storescu` to DCMTK `storescp` over
 loopback, which writes them to the same disk (without fsync: storescp has no such option):
 DCMTK's own ingest rate of these instances, for scale.

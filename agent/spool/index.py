@@ -1,8 +1,11 @@
-"""The spool index: one SQLite database (WAL, synchronous=FULL) behind one lock.
+"""The spool index: one SQLite database (WAL, synchronous=FULL), one connection that writes
+and one that only reads, each behind its own lock.
 
-Thread-safety: a single connection (check_same_thread=False) guarded by a threading.Lock. Every
-method holds the lock for its statements only, never while files are written or fsynced, so a
-sender's mark_delivered() waits at most for one WAL commit of the acquisition thread.
+Thread-safety: each connection (check_same_thread=False) is guarded by a threading.Lock, held
+for its statements only, never while files are written or fsynced, so a sender's
+mark_delivered() waits at most for one WAL commit of the acquisition thread. Reads never wait
+for a commit (a WAL reader sees every transaction committed before its statement began): an
+accept's look-up of its SOP Instance UID runs while another group of accepts commits.
 Every write is one BEGIN IMMEDIATE ... COMMIT transaction, batches included.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,9 +121,34 @@ class Row:
     deferred: Sequence[str] = ()
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+
+
+class _Guarded:
+    """One connection, used by one thread at a time."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise SpoolClosed("the spool is closed")
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
 class Index:
     def __init__(self, path: Path) -> None:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn = _connect(path)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
@@ -144,25 +172,26 @@ class Index:
         except BaseException:
             conn.close()
             raise
-        self._conn: sqlite3.Connection | None = conn
-        self._lock = threading.Lock()
+        try:
+            reader = _connect(path)
+            reader.execute("PRAGMA query_only=ON")
+        except BaseException:
+            conn.close()
+            raise
+        self._writer = _Guarded(conn)
+        self._reader = _Guarded(reader)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._reader.close()
+        self._writer.close()
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise SpoolClosed("the spool is closed")
-            yield self._conn
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The read-only connection, for statements that change nothing."""
+        return self._reader.use()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._read() as conn:
+        with self._writer.use() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

@@ -67,9 +67,10 @@ def _orphan_problem(moved: Path) -> SpoolProblem:
 class Spool:
     """Open (creating the layout and recovering from a crash) the spool at `root`.
 
-    Thread-safe: any thread may call any method. The index is one SQLite connection behind a
-    lock held only for SQL (see index.py); files are written outside it. Two accepts of the same
-    SOP Instance UID are serialised; different ones run concurrently.
+    Thread-safe: any thread may call any method. The index is one SQLite connection that
+    writes and one that reads, each behind a lock held only for SQL (see index.py); files are
+    written outside them. Two accepts of the same SOP Instance UID are serialised; different
+    ones run concurrently.
     """
 
     def __init__(

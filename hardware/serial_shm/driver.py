@@ -71,7 +71,7 @@ from hardware.protocol import (
     series_start_event,
     slice_ready_event,
 )
-from hardware.ring import RingHeader, TornSlotError, read_slot
+from hardware.ring import RingHeader, SlotContents, TornSlotError, read_slot
 from hardware.serial_shm import link
 from hardware.serial_shm.resend import Resends
 from hardware.serial_shm.series import Record, SeriesState, outstanding
@@ -85,6 +85,8 @@ TORN_CODE = "SLOT_TORN"
 
 
 RECENT_REQUESTS = 64  # re-requests kept for diagnostics
+
+Copy = SlotContents | TornSlotError  # a slot's slice, or why its copy is not intact
 
 
 class SerialShmDriver(Driver):
@@ -138,6 +140,7 @@ class SerialShmDriver(Driver):
         self._token_attempts = 0
         self._bad_times: collections.deque[float] = collections.deque()
         self._held_mismatch = 0
+        self._copied: dict[SliceReadyMsg, Copy] = {}  # slots copied ahead by the I/O thread
         # diagnostics
         self.bad_frames: collections.Counter[str] = collections.Counter()
         self.duplicates = 0
@@ -349,13 +352,47 @@ class SerialShmDriver(Driver):
                 with self._lock:
                     if self._stop.is_set():
                         break
-                    self._handle_records(self._decoder.feed(data))
+                    records = self._decoder.feed(data)
+                    wanted = self._slots_wanted(records)
+                # the copy of each announced slot and its CRC-32 (~0.5 ms each at 512x512),
+                # outside the lock: releases from the acquisition's workers go on meanwhile
+                copies = self._copy_slots(wanted)
+                with self._lock:
+                    if self._stop.is_set():
+                        break
+                    self._copied = copies
+                    try:
+                        self._handle_records(records)
+                    finally:
+                        self._copied = {}
                     self._tick(time.monotonic())
         except DriverError as e:
             self._fail(str(e))
         except Exception as e:  # a bug must not leave read_event waiting for ever
             log.exception("serial-shm: I/O thread failed")
             self._fail(f"serial-shm: internal error: {e!r}")
+
+    def _slots_wanted(self, records: list[DecodedFrame | FrameError]) -> list[SliceReadyMsg]:
+        """The announcements among `records` whose slot `_slice_ready` will read: those of
+        slices not received yet, in a slot of the ring (it checks the rest)."""
+        h = self._header
+        wanted: list[SliceReadyMsg] = []
+        for record in records:
+            msg = record.message if isinstance(record, DecodedFrame) else None
+            if not isinstance(msg, SliceReadyMsg) or h is None or not _fits(msg, h):
+                continue
+            series = self._series.get(msg.series_key)
+            if series is None or msg.index not in series.tracker.received:
+                wanted.append(msg)
+        return wanted
+
+    def _copy_slots(self, wanted: list[SliceReadyMsg]) -> dict[SliceReadyMsg, Copy]:
+        """Each slot of `wanted`, copied (the ring stays mapped while this thread runs)."""
+        mm, h = self._mm, self._header
+        if not wanted or mm is None or h is None:
+            return {}
+        with memoryview(mm) as view:
+            return {msg: _copy_slot(view, h, msg) for msg in wanted}
 
     def _fail(self, reason: str) -> None:
         with self._lock:
@@ -577,12 +614,8 @@ class SerialShmDriver(Driver):
         h = self._header
         if h is None or session != self._session:
             return  # announced in an earlier session: the replay announces it again
-        if (
-            msg.slot >= h.slot_count
-            or msg.rows > h.max_rows
-            or msg.columns > h.max_columns
-            or (msg.rows, msg.columns) != (series.start.rows, series.start.columns)
-        ):
+        shape = (series.start.rows, series.start.columns)
+        if not _fits(msg, h) or (msg.rows, msg.columns) != shape:
             self._bad("session-rule", time.monotonic())
             return
         if msg.index in series.tracker.received:
@@ -590,21 +623,13 @@ class SerialShmDriver(Driver):
             if msg.index in series.durable:  # §9.5: a lost release, or a replay
                 self._send(SliceReleaseMsg(msg.series_key, msg.index, msg.slot, msg.slot_seq))
             return
-        assert self._mm is not None
-        try:
+        contents = self._copied.pop(msg, None)
+        if contents is None:  # (announced before its series start: not copied ahead)
+            assert self._mm is not None
             with memoryview(self._mm) as view:
-                contents = read_slot(
-                    view,
-                    h,
-                    msg.slot,
-                    msg.slot_seq,
-                    msg.pixel_crc,
-                    msg.pixel_length,
-                    rows=msg.rows,
-                    columns=msg.columns,
-                )
-        except TornSlotError as e:
-            self._torn(series, msg, str(e))
+                contents = _copy_slot(view, h, msg)
+        if isinstance(contents, TornSlotError):
+            self._torn(series, msg, str(contents))
             return
         kind = series.tracker.observe(msg.index)
         if kind is SliceKind.DUPLICATE:  # pragma: no cover - checked above
@@ -652,6 +677,27 @@ class SerialShmDriver(Driver):
         if series.end_frame is None or series.end_frame[0] != self._session:
             return  # ACKed when the replay brings the SERIES_END again
         self._send(AckMsg(series.end_frame[1], MsgType.SERIES_END, AckStatus.OK, ""))
+
+
+def _fits(msg: SliceReadyMsg, h: RingHeader) -> bool:
+    """The announced slot and shape are within the ring's."""
+    return msg.slot < h.slot_count and msg.rows <= h.max_rows and msg.columns <= h.max_columns
+
+
+def _copy_slot(view: memoryview, h: RingHeader, msg: SliceReadyMsg) -> Copy:
+    try:
+        return read_slot(
+            view,
+            h,
+            msg.slot,
+            msg.slot_seq,
+            msg.pixel_crc,
+            msg.pixel_length,
+            rows=msg.rows,
+            columns=msg.columns,
+        )
+    except TornSlotError as e:
+        return e
 
 
 def _lost(key: str, index: int, reason: LostReason, text: str) -> None:
