@@ -29,6 +29,8 @@ LATEST = ROOT / "bench" / "results" / "latest.json"
 # (key, target, "min": at least / "max": at most)
 TARGETS: list[tuple[str, float, str]] = [
     ("ingest_slices_per_s", 300.0, "min"),
+    ("ingest_3000_slices_per_s", 300.0, "min"),
+    ("ingest_rss_growth_1000_to_3000", 0.10, "max"),
     ("loopback_ratio_vs_dcmtk", 0.3, "min"),
     ("link_100mbit_ratio_vs_dcmtk", 2.5, "min"),
     ("link_1gbit_ratio_vs_dcmtk", 1.0, "min"),
@@ -37,9 +39,11 @@ TARGETS: list[tuple[str, float, str]] = [
 ]
 
 
-def ingest_serial_shm(slices: int, runs: int, work: Path) -> dict[str, Any]:
-    """bench/ingest_serial_shm.py as it is, `runs` series of `slices`, its JSON read back."""
-    args = ["--slices", ",".join([str(slices)] * runs), "--no-dcmtk", "--baseline-files", "10"]
+def ingest_serial_shm(lengths: tuple[int, int], runs: int, work: Path) -> dict[str, Any]:
+    """bench/ingest_serial_shm.py as it is, `runs` series of each of `lengths` (alternating),
+    its JSON read back."""
+    series = ",".join(str(n) for _ in range(runs) for n in lengths)
+    args = ["--slices", series, "--no-dcmtk", "--baseline-files", "10"]
     done = subprocess.run(
         [sys.executable, "-m", "bench.ingest_serial_shm", *args, "--workdir", str(work)],
         cwd=ROOT,
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     # a kill runs the clean-ups (namespace, veth, storescp) as Ctrl-C would
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     small = args.small
-    sizes = (16, 12, 8, (8, 16), 20) if small else (1000, 1000, 300, (1000, 3000), 1000)
+    sizes = (
+        ((16, 24), 12, 8, (8, 16), 20) if small else ((1000, 3000), 1000, 300, (1000, 3000), 1000)
+    )
     ingest_n, mock_n, latency_n, rss_n, send_n = sizes
     started = time.time()
     machine = common.machine()
@@ -87,7 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         ingest = ingest_serial_shm(ingest_n, args.runs, work / "ingest")
         daemons = daemon.measure(args.runs, mock_n, latency_n, list(rss_n), work / "daemon")
         sends = send.measure(send_n, args.runs, ["100mbit", "1gbit"], work / "send")
-    ingest_rates = [r["slices_per_s"] for r in ingest["runs"]]
+    short, long = ingest_n
+
+    def ingest_figure(n: int, what: str) -> dict[str, Any]:
+        return common.figure([r[what] for r in ingest["runs"] if r["slices"] == n])
+
+    def ingest_rss(n: int) -> dict[str, Any]:
+        return common.figure(
+            [r["memory_mb"]["peak_rss"] for r in ingest["runs"] if r["slices"] == n]
+        )
+
     links = sends.get("links", {})
 
     def ratio(rate: str) -> float | None:
@@ -96,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     rss = daemons["rss"]["peak_mb"]
     rss_small, rss_big = (rss[str(n)]["median"] for n in rss_n)
     keys: dict[str, float | None] = {
-        "ingest_slices_per_s": common.figure(ingest_rates)["median"],
+        "ingest_slices_per_s": ingest_figure(short, "slices_per_s")["median"],
+        "ingest_3000_slices_per_s": ingest_figure(long, "slices_per_s")["median"],
+        "ingest_rss_growth_1000_to_3000": round(
+            ingest_rss(long)["median"] / ingest_rss(short)["median"] - 1, 3
+        ),
         "ingest_mock_slices_per_s": daemons["ingest_mock"]["slices_per_s"]["median"],
         "loopback_images_per_s": sends["loopback"]["agent_images_per_s"]["median"],
         "loopback_dcmtk_images_per_s": sends["loopback"]["dcmtk_images_per_s"]["median"],
@@ -117,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [
             "Load was not controlled: other work shared the machine; compare ratios (agent and "
             "DCMTK alternate within one run) rather than absolute rates.",
-            "ingest_slices_per_s: bench.ingest_serial_shm (serial-shm simulator -> durable "
-            "spool), median of its runs; window: scan command -> last slice durable.",
+            "ingest_slices_per_s, ingest_3000_slices_per_s: bench.ingest_serial_shm (serial-shm "
+            "simulator -> durable spool), medians of its runs of 1,000 and of 3,000 slices "
+            "(alternating); window: the simulator's first slice -> last slice durable; "
+            "ingest_rss_growth_1000_to_3000 from the measured process's peak RSS.",
             "Send windows: agent, queue of accepted uncompressed instances released -> last "
             "C-STORE response, transcoding inside; DCMTK storescu, process start -> exit.",
             f"Links: {send.link.DESCRIPTION}; loopback for everything else.",
@@ -126,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         **keys,
         "targets": verdicts(keys),
         "ingest_serial_shm": {
-            "slices": ingest_n,
-            "slices_per_s": common.figure(ingest_rates),
+            "slices": list(ingest_n),
+            "slices_per_s": {str(n): ingest_figure(n, "slices_per_s") for n in ingest_n},
+            "steady_slices_per_s": {
+                str(n): ingest_figure(n, "steady_slices_per_s") for n in ingest_n
+            },
+            "peak_rss_mb": {str(n): ingest_rss(n) for n in ingest_n},
             "runs": ingest["runs"],
         },
         "daemon": daemons,

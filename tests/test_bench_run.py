@@ -13,6 +13,7 @@ from tests.peers import require
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = (
     "ingest_slices_per_s",
+    "ingest_3000_slices_per_s",
     "loopback_images_per_s",
     "loopback_dcmtk_images_per_s",
     "loopback_ratio_vs_dcmtk",
