@@ -1,5 +1,5 @@
 # make demo: set up and run the all-in-one demo.  make test: set up and run every check.
-# make bench: every benchmark (about 10 min; root for the shaped links): bench/results/latest.json
+# make bench: every benchmark (about 7 min; root for the shaped links): bench/results/latest.json
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
