@@ -13,8 +13,9 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import pydicom
@@ -23,12 +24,14 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 
-from agent.config import Destination
+from agent.config import Destination, TlsSettings
 from agent.delivery import DestinationSender, outgoing
 from agent.dicom import files
+from agent.net import sender, staging
 from agent.net.association import describe_rejection, where_of
 from agent.net.contexts import proposed_contexts
 from agent.net.outcome import Outcome, Verdict, store_verdict
+from agent.net.pacing import Pace
 from agent.net.retry import Backoff
 from agent.net.sender import Link, Outgoing, SendResult, send_batch
 from agent.net.staging import transcode_file
@@ -344,6 +347,13 @@ def wrong_message_id(conn: Connection) -> None:
     conn.send_command(message.pdvs[0][0], rsp)
 
 
+def cut_command(conn: Connection) -> None:
+    """A C-STORE-RSP whose last element, the status, announces 2 bytes and has one."""
+    message = conn.read_message()
+    rsp = store_rsp(message.command, 0x0000)
+    conn.send_command(message.pdvs[0][0], rsp[:-1])
+
+
 def echo_response(conn: Connection) -> None:
     _answer(conn, CommandField=C_ECHO_RSP)
 
@@ -395,6 +405,7 @@ FAULTS = {
     # fault: (script, words of the second instance's verdict, whether we send an A-ABORT)
     "wrong-message-id": (wrong_message_id, "something else than our C-STORE", True),
     "echo-response": (echo_response, "something else than our C-STORE", True),
+    "cut-command": (cut_command, "a command element longer than its command set", True),
     "data-set-announced": (data_set_announced, "a data set with a C-STORE response", True),
     "release-request": (release_request, "asked to release during an operation", True),
     "abort-mid-data-set": (abort_mid_data_set, "aborted the association", False),
@@ -636,3 +647,35 @@ def test_the_peer_leaving_an_idle_association_is_noticed(leaving: str) -> None:
         assoc.release()  # nothing more goes out
         (conn,) = peer.finished()
     assert conn.after == ([RELEASE_RP_PDU] if leaving == "release" else [])
+
+
+def test_a_tls_setup_that_cannot_be_made_fails_before_connecting(tmp_path: Path) -> None:
+    """Our own CA file missing: a person must fix the config, no retry, no connection made."""
+    tls = TlsSettings(ca_file=tmp_path / "missing-ca.pem")
+    with RawPeer(silence) as peer:
+        dest = dataclasses.replace(destination(peer.port), tls=tls)
+        assoc, verdict = open_store_association(
+            "CT_TEST", dest, proposed_contexts([CT_IMAGE_STORAGE], [EXPLICIT]), 16384
+        )
+        assert assoc is None and verdict is not None
+        assert verdict.outcome is Outcome.FAIL and "TLS setup" in verdict.reason
+        assert list(peer.finished()) == []  # never connected
+
+
+def test_a_transcoding_lost_by_its_pool_ends_its_future() -> None:
+    """A job cancelled with a broken pool: the staged copy fails instead of never ending."""
+    job: Future[float] = Future()
+    job.cancel()
+    staged: Future[Path] = Future()
+    staging._settle(job, staged, Path("/nowhere"), cast(ProcessPoolExecutor, None), None)
+    assert isinstance(staged.exception(timeout=0), RuntimeError)
+
+
+def test_a_file_never_ready_is_retried_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sender, "PREPARE_TIMEOUT_S", 0.05)
+    never: Future[Path] = Future()
+    item = Outgoing("1.2.3", CT_IMAGE_STORAGE, EXPLICIT, lambda: Path("/"))
+    assoc = cast(StoreAssociation, object())  # not reached
+    result = sender._store_one(assoc, item, EXPLICIT, never, Pace())
+    assert result.verdict.outcome is Outcome.RETRY and "not ready" in result.verdict.reason
+    assert never.cancelled()  # so that the next attempt stages the file anew

@@ -26,6 +26,7 @@ from agent.net.store_scu import (
 from agent.spool import SpoolError
 
 log = logging.getLogger(__name__)
+PREPARE_TIMEOUT_S = 300.0  # a check or transcoding not done by then is lost, not slow
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,11 @@ def _store_one(
     assoc: StoreAssociation, item: Outgoing, ts: str, staged: Future[Path], pace: Pace
 ) -> SendResult:
     try:
-        path = staged.result()
+        path = staged.result(timeout=PREPARE_TIMEOUT_S)
+    except TimeoutError:  # a pool that lost the job: cancelled, the next attempt stages anew
+        staged.cancel()
+        late = f"the file to send was not ready within {PREPARE_TIMEOUT_S:.0f} s"
+        return SendResult(item.sop_instance_uid, Verdict(Outcome.RETRY, late))
     except (OSError, SpoolError, codecs.CodecError, ValueError) as e:
         return _unprepared(item, e)
     except Exception as e:  # a worker that died: this instance waits, the others go on

@@ -136,7 +136,7 @@ class Staging:
             return checked or _shared_checker().submit(source)
         with self._lock:
             staged = self._staged.get((sop_uid, ts))
-            if staged is not None and not (staged.done() and staged.exception() is not None):
+            if staged is not None and not _failed(staged):
                 return staged
             staged = Future()
             self._staged[(sop_uid, ts)] = staged
@@ -162,6 +162,10 @@ class Staging:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _failed(staged: Future[Path]) -> bool:
+    return staged.done() and (staged.cancelled() or staged.exception() is not None)
 
 
 def _transcode(
@@ -193,12 +197,18 @@ def _settle(
     pool: ProcessPoolExecutor,
     timed: Callable[[float], None] | None,
 ) -> None:
-    error = job.exception()
-    if error is None:
-        if timed is not None:
-            timed(job.result())
-        staged.set_result(target)
-        return
-    if isinstance(error, BrokenProcessPool):
-        _forget_pool(pool)
-    staged.set_exception(error)
+    """`staged` ends with `job`, whatever happened to it (cancelled with a broken pool too):
+    its sender waits for it."""
+    try:
+        error = job.exception()
+        if error is None:
+            if timed is not None:
+                timed(job.result())
+            staged.set_result(target)
+            return
+        if isinstance(error, BrokenProcessPool):
+            _forget_pool(pool)
+        staged.set_exception(error)
+    except BaseException as e:  # CancelledError among them
+        if not staged.done():
+            staged.set_exception(RuntimeError(f"the transcoding did not finish: {e!r}"))

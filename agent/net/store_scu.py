@@ -64,7 +64,7 @@ _DATA_PDU = struct.Struct(">BBIIBB")  # a PDU of one PDV: both headers, 12 bytes
 _COMMAND, _LAST = 0x01, 0x02  # message control header bits
 _AC_FIXED_FIELDS = 68  # version, reserved, AE titles, reserved (PS3.8 9.3.3)
 _LARGEST_PDU_READ = 16 * 1024 * 1024  # a longer PDU from the peer is a protocol error
-_UNLIMITED_FRAGMENT = 1024 * 1024  # fragment size when the peer sets no limit
+_LARGEST_FRAGMENT = 1024 * 1024  # what we send in one PDV at most, whatever the peer takes
 _C_STORE_RQ, _C_STORE_RSP = 0x0001, 0x8001
 _NO_DATA_SET = 0x0101
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
@@ -106,17 +106,29 @@ def open_store_association(
     the words `open_association` uses)."""
     where = where_of(peer)
     try:
-        sock = _connect(peer)
-    except ssl.SSLError as e:
-        return None, tls_verdict(e, where, peer.tls)
-    except OSError as e:
-        if peer.tls is not None and not isinstance(e, ConnectionRefusedError | TimeoutError):
-            return None, tls_verdict(e, where, peer.tls)
+        request = _associate_rq(calling_ae, peer.ae_title, contexts, max_pdu)
+    except ValueError as e:  # pynetdicom's words for a value it cannot encode
+        return None, Verdict(Outcome.FAIL, f"cannot ask {where} for an association: {e}")
+    ctx: ssl.SSLContext | None = None
+    if peer.tls is not None:
+        try:
+            ctx = client_tls_context(peer.tls)
+        except (OSError, ssl.SSLError) as e:  # our certificate, key or CA file
+            return None, Verdict(Outcome.FAIL, f"TLS setup for {where} failed: {e}")
+    try:
+        sock = socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
         return None, Verdict(Outcome.RETRY, f"cannot connect to {where}")
+    if ctx is not None:
+        try:
+            sock = _handshake(sock, ctx, peer)
+        except OSError as e:  # ssl.SSLError included
+            return None, tls_verdict(e, where, peer.tls)
     proposed = {2 * i + 1: str(cx.abstract_syntax) for i, cx in enumerate(contexts)}
     try:
         sock.settimeout(peer.acse_timeout_s)
-        sock.sendall(_associate_rq(calling_ae, peer.ae_title, contexts, max_pdu))
+        sock.sendall(request)
         kind, pdu = _read_pdu(sock, time.monotonic() + peer.acse_timeout_s)
     except (OSError, AssociationLost) as e:
         refusal = _tls_alert(sock, e)
@@ -198,13 +210,9 @@ def _tls_alert(sock: socket.socket, error: Exception) -> Exception | None:
     return tls_failure(sock.context) or (error if isinstance(error, ssl.SSLError) else None)
 
 
-def _connect(peer: Peer) -> socket.socket:
-    sock = socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout_s)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if peer.tls is None:
-        return sock
+def _handshake(sock: socket.socket, ctx: ssl.SSLContext, peer: Peer) -> socket.socket:
+    assert peer.tls is not None
     try:
-        ctx = client_tls_context(peer.tls)
         sock.settimeout(peer.acse_timeout_s)
         # no server name (and no SNI) unless the host name is checked: peers are often IPs
         return ctx.wrap_socket(sock, server_hostname=peer.host if peer.tls.check_hostname else None)
@@ -254,8 +262,10 @@ class StoreAssociation:
         self.where = where
         self.accepted_contexts = accepted
         self._sock: socket.socket | None = sock
-        # a PDV item's own header is 6 bytes of the PDU's length the peer limits (PS3.8 9.3.5)
-        self._fragment = peer_max_pdu - 6 if peer_max_pdu else _UNLIMITED_FRAGMENT
+        # a PDV item's own header is 6 bytes of the PDU's length the peer limits (PS3.8 9.3.5);
+        # never more than ours, limit or not: smaller PDUs are always allowed
+        limit = peer_max_pdu - 6 if peer_max_pdu else _LARGEST_FRAGMENT
+        self._fragment = min(limit, _LARGEST_FRAGMENT)
         self._dimse_timeout = peer.dimse_timeout_s
         self._acse_timeout = peer.acse_timeout_s
         self._message_id = 0
@@ -308,6 +318,8 @@ class StoreAssociation:
             stored = read_file_meta(f)
             _check(stored, context, sop_instance_uid)
             size = _size(f) - stored.data_set_offset
+            if size <= 0:
+                raise ValueError("the file has no data set after its File Meta Information")
             self._message_id = self._message_id % 0xFFFF + 1
             command = _c_store_rq(self._message_id, context.abstract_syntax, sop_instance_uid)
             try:
@@ -324,6 +336,9 @@ class StoreAssociation:
             except OSError as e:
                 self.abort()
                 raise AssociationLost(f"connection to {self.where} lost: {e}") from e
+            except Exception as e:  # whatever a peer's bytes cause, the association ends here
+                self.abort()
+                raise AssociationLost(f"{self.where}: {type(e).__name__}: {e}") from e
 
     def _send_command(self, sock: socket.socket, command: bytes, context_id: int) -> None:
         """The command set in PDVs the peer takes: fragmented too when its limit is below
@@ -541,6 +556,8 @@ def _command_fields(command: bytes) -> dict[int, int]:
     while pos + 8 <= len(command):
         group, element, length = struct.unpack_from("<HHI", command, pos)
         pos += 8
+        if pos + length > len(command):
+            raise AssociationLost("a command element longer than its command set")
         if group == 0 and length == 2:
             (fields[element],) = struct.unpack_from("<H", command, pos)
         pos += length

@@ -19,7 +19,8 @@ FileData = bytes | Sequence[bytes | memoryview]
 """A file's bytes: in one piece, or in pieces that are written as they are (os.writev), never
 joined (an image's pixels are not copied once more)."""
 
-DIRECT_MIN = 1 << 16  # bytes: a new file at least this large is written with O_DIRECT
+DIRECT_MIN = 1 << 16  # bytes: a new file at least this large is written with O_DIRECT,
+DIRECT_MAX = 8 << 20  # and at most this large (each writing thread keeps a buffer of it)
 DIRECT_BLOCK = 4096  # what O_DIRECT writes in: a multiple of any disk's logical block
 _direct = threading.local()
 
@@ -139,7 +140,7 @@ def _write_new(fd: int, data: FileData) -> None:
     views = [v.cast("B") for v in pieces(data) if v.nbytes]
     size = sum(v.nbytes for v in views)
     bulk = size - size % DIRECT_BLOCK
-    if size < DIRECT_MIN or not _set_direct(fd, True):
+    if not DIRECT_MIN <= size <= DIRECT_MAX or not _set_direct(fd, True):
         _write_all(fd, views)
         return
     buf = _direct_buffer(size)
