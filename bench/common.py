@@ -199,6 +199,7 @@ def send_with_agent(
         transfer_syntaxes=tuple(syntaxes),
         max_pdu=PDU,
         associations=associations,
+        adaptive_compression=True,  # as configured for a fast link (off by default)
         connect_timeout_s=10,
         acse_timeout_s=30,
         dimse_timeout_s=DIMSE_TIMEOUT_S,

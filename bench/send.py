@@ -5,7 +5,7 @@
 - loopback, uncompressed: the agent sends Explicit VR Little Endian, as stored;
 - over a shaped link (bench/link.py): the agent proposes JPEG-LS Lossless first and Explicit
   VR Little Endian second, as the shipped configs do, and compresses in its process pool
-  inside the timed window (with `adaptive_compression`, the default, an instance whose
+  inside the timed window (with `adaptive_compression = true`, set here, an instance whose
   compressed copy would come later than the link could carry the stored one goes as stored:
   `agent_sent_in` counts both); DCMTK sends the uncompressed files.
 

@@ -145,13 +145,13 @@ def test_both_syntaxes_accepted_everything_arrives_lossless_and_in_order(
 
 def test_adaptive_compression_is_read_from_the_config(tmp_path: Path) -> None:
     text = (ROOT / "configs" / "mock.toml").read_text()
-    assert "# adaptive_compression = true" in text
+    assert "# adaptive_compression = false" in text
     f = tmp_path / "agent.toml"
     f.write_text(text)
+    assert load(f).destinations[0].adaptive_compression is False  # SPEC §6: the best accepted
+    f.write_text(text.replace("# adaptive_compression = false", "adaptive_compression = true"))
     assert load(f).destinations[0].adaptive_compression is True
-    f.write_text(text.replace("# adaptive_compression = true", "adaptive_compression = false"))
-    assert load(f).destinations[0].adaptive_compression is False
-    f.write_text(text.replace("# adaptive_compression = true", 'adaptive_compression = "no"'))
+    f.write_text(text.replace("# adaptive_compression = false", 'adaptive_compression = "no"'))
     with pytest.raises(ConfigError) as e:
         load(f)
     assert "destinations[0].adaptive_compression" in str(e.value)

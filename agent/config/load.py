@@ -213,7 +213,7 @@ def _build(raw: Mapping[str, Any], source: Path) -> Config:
                 max_pdu=d.get("max_pdu", 131072),
                 batch_size=d.get("batch_size", 64),
                 associations=d.get("associations", 1),
-                adaptive_compression=d.get("adaptive_compression", True),
+                adaptive_compression=d.get("adaptive_compression", False),
                 retry_initial_s=float(d.get("retry_initial", 2)),
                 retry_max_s=float(d.get("retry_max", 300)),
             )

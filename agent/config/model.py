@@ -78,7 +78,7 @@ class Destination(Peer):
     max_pdu: int = 131072
     batch_size: int = 64
     associations: int = 1  # at once; each series keeps to one
-    adaptive_compression: bool = True  # send as stored where waiting for compression is slower
+    adaptive_compression: bool = False  # send as stored where waiting for compression is slower
     retry_initial_s: float = 2.0
     retry_max_s: float = 300.0
 

@@ -104,10 +104,10 @@ DESTINATION: dict[str, Any] = {
         "associations": {"type": "integer", "minimum": 1, "maximum": 8, "default": 1},
         "adaptive_compression": {
             "type": "boolean",
-            "default": True,
-            "description": "when the archive accepts the stored syntax too, send an instance "
-            "as stored rather than wait for its compressed copy, where that is sooner (fast "
-            "links); false: always the most preferred syntax",
+            "default": False,
+            "description": "true: when the archive accepts the stored syntax too, send an "
+            "instance as stored rather than wait for its compressed copy, where that is "
+            "sooner (fast links, few cores); false: always the most preferred accepted syntax",
         },
         "retry_initial": {
             **SECONDS,

@@ -1,5 +1,6 @@
 """Which instances of a batch to compress and which to send as stored, so that the link does
-not wait for the compressor (`adaptive_compression`, on by default).
+not wait for the compressor (`adaptive_compression = true`; off by default, as SPEC §6 wants
+the best accepted syntax).
 
 Compression pays where the link is the limit: on 100 Mbit/s a JPEG-LS copy a third of the size
 goes out three times as fast. On a fast link it is the other way round: a 2-core console
