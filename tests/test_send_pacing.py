@@ -16,9 +16,11 @@ import pydicom
 import pytest
 
 from agent.config import ConfigError, load
-from agent.delivery import DestinationSender
+from agent.delivery import DestinationSender, outgoing
+from agent.dicom.codecs import CodecError
+from agent.net.outcome import Outcome
 from agent.net.pacing import Choice, Pace, Plan
-from agent.net.sender import SendResult
+from agent.net.sender import Link, SendResult
 from agent.net.staging import Staging
 from agent.spool import DeliveryState
 from tests import factory
@@ -155,3 +157,52 @@ def test_adaptive_compression_is_read_from_the_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load(f)
     assert "destinations[0].adaptive_compression" in str(e.value)
+
+
+class CopiesFail(Staging):
+    """Real staging, except that every compressed copy fails (a codec broken on this
+    machine, say): only the stored files can be had."""
+
+    def stage(
+        self,
+        sop_uid: str,
+        stored_ts: str,
+        ts: str,
+        source: Callable[[], Path],
+        checked: Future[Path] | None = None,
+        timed: Callable[[float], None] | None = None,
+    ) -> Future[Path]:
+        if ts == stored_ts:
+            return super().stage(sop_uid, stored_ts, ts, source, checked, timed)
+        failed: Future[Path] = Future()
+        failed.set_exception(CodecError(f"no {ts} encoder here"))
+        return failed
+
+
+def test_a_failed_copy_goes_as_stored_when_the_archive_took_that_too(tmp_path: Path) -> None:
+    spool, accepted = factory.spooled(tmp_path / "spool", factory.ct_images(3))
+    with storescp(tmp_path / "archive", syntaxes=[JPEG_LS, EXPLICIT]) as port:
+        dest = dataclasses.replace(
+            destination(port, (JPEG_LS, EXPLICIT)), adaptive_compression=True
+        )
+        link = Link("CT_TEST", dest, CopiesFail())
+        try:
+            results = link.send([outgoing(spool, inst) for inst in accepted])
+        finally:
+            link.close()
+    assert [(r.verdict.outcome, r.transfer_syntax_uid) for r in results] == [
+        (Outcome.OK, EXPLICIT)
+    ] * 3
+    assert len(received(tmp_path / "archive")) == 3
+
+
+def test_without_adaptive_compression_a_failed_copy_fails_the_instance(tmp_path: Path) -> None:
+    spool, accepted = factory.spooled(tmp_path / "spool", factory.ct_images(2))
+    with storescp(tmp_path / "archive", syntaxes=[JPEG_LS, EXPLICIT]) as port:
+        link = Link("CT_TEST", destination(port, (JPEG_LS, EXPLICIT)), CopiesFail())
+        try:
+            results = link.send([outgoing(spool, inst) for inst in accepted])
+        finally:
+            link.close()
+    assert {r.verdict.outcome for r in results} == {Outcome.FAIL}
+    assert all("encoder" in r.verdict.reason for r in results)

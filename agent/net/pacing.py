@@ -96,13 +96,17 @@ class Plan:
                 # one way only: every compression of the batch starts now
                 self._prepared[i] = (choice.ts, self._stage(choice, choice.ts))
 
-    def take(self, i: int) -> tuple[str, Future[Path]]:
+    def take(self, i: int) -> tuple[str, Future[Path], tuple[str, Future[Path]] | None]:
+        """(syntax, file) of instance i, and when that is a compressed copy chosen ahead, the
+        stored file as a fallback should the copy fail."""
         for k in range(i, min(i + CHECK_AHEAD, len(self._choices))):
             self._checked(k)
         self._compress_ahead(i)
         copy = self._copies.pop(i, None)
         prepared = self._prepared.pop(i)
-        return (self._choices[i].ts, copy) if copy is not None else prepared
+        if copy is None:
+            return (*prepared, None)
+        return self._choices[i].ts, copy, prepared
 
     def _checked(self, k: int) -> Future[Path]:
         """Instance k's stored file, once checked (in threads); the check is started once.

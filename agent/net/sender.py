@@ -137,7 +137,15 @@ class Link:
                 lost = Verdict(Outcome.RETRY, "association lost before this instance was sent")
                 results[n] = SendResult(item.sop_instance_uid, lost, None, True)
             else:
-                results[n] = _store_one(assoc, item, *plan.take(k), self.pace)
+                ts, prepared, stored = plan.take(k)
+                result = _store_one(assoc, item, ts, prepared, self.pace)
+                if stored is not None and _not_sent(result) and assoc.is_established:
+                    # the archive took the stored syntax too: a failed copy costs nothing
+                    log.warning(
+                        "%s: %s; sent as stored", item.sop_instance_uid, result.verdict.reason
+                    )
+                    result = _store_one(assoc, item, *stored, self.pace)
+                results[n] = result
         return [r for r in results if r is not None]
 
 
@@ -149,6 +157,15 @@ def send_batch(calling_ae: str, dest: Destination, batch: Sequence[Outgoing]) ->
     finally:
         link.close()
         link.staging.clear()
+
+
+def _not_sent(result: SendResult) -> bool:
+    """The instance's file could not be had or sent as it was; the association is fine."""
+    return (
+        result.verdict.outcome is not Outcome.OK
+        and result.transfer_syntax_uid is None
+        and not result.association_level
+    )
 
 
 def _unprepared(item: Outgoing, e: Exception) -> SendResult:

@@ -295,11 +295,12 @@ class StoreAssociation:
         if sock is None:
             return True
         waiting = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0  # decrypted already
-        if not waiting and not select.select([sock], [], [], 0)[0]:
+        if not waiting and not _readable(sock):
             return False
         try:
-            sock.settimeout(self._acse_timeout)
-            kind, _ = _read_pdu(sock, time.monotonic() + self._acse_timeout)
+            # briefly: a peer that leaves sends its whole PDU at once, and a TLS record that
+            # carries no data (a key update) must not hold the sender for an ACSE timeout
+            kind, _ = _read_pdu(sock, time.monotonic() + min(1.0, self._acse_timeout))
             if kind == _RELEASE_RQ:
                 sock.sendall(_RELEASE_RP_PDU)
         except (OSError, AssociationLost):
@@ -482,6 +483,12 @@ def _check(stored: StoredFile, context: AcceptedContext, sop_instance_uid: str) 
 
 def _size(f: BufferedReader) -> int:
     return os.fstat(f.fileno()).st_size
+
+
+def _readable(sock: socket.socket) -> bool:
+    poller = select.poll()  # not select.select: any descriptor number
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _read_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
