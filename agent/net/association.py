@@ -21,11 +21,15 @@ from agent.net.tls import client_tls_context, tls_failure, tls_verdict
 
 __all__ = [
     "Opened",
+    "aborted",
     "client_tls_context",
     "describe_rejection",
+    "not_connected",
+    "nothing_accepted",
     "open_association",
     "quiet",
     "set_nodelay",
+    "tls_setup_failed",
     "where_of",
 ]
 
@@ -58,6 +62,27 @@ def quiet(assoc: Association) -> None:
 def where_of(peer: Peer) -> str:
     """How the logs and verdicts name a peer."""
     return f"{peer.ae_title}@{peer.host}:{peer.port}"
+
+
+# Why an association could not be had: one wording for pynetdicom's associations and for
+# our storage association (store_scu.py), so that the logs and `queue` read the same.
+
+
+def tls_setup_failed(where: str, error: Exception) -> Verdict:
+    """Our own certificate, key or CA file: a person must fix the config."""
+    return Verdict(Outcome.FAIL, f"TLS setup for {where} failed: {error}")
+
+
+def not_connected(where: str) -> Verdict:
+    return Verdict(Outcome.RETRY, f"cannot connect to {where}")
+
+
+def nothing_accepted(where: str) -> Verdict:
+    return Verdict(Outcome.FAIL, f"{where} accepted none of the proposed presentation contexts")
+
+
+def aborted(where: str) -> Verdict:
+    return Verdict(Outcome.RETRY, f"{where} aborted or timed out during association")
 
 
 def describe_rejection(where: str, rj: A_ASSOCIATE_RJ) -> Verdict:
@@ -109,7 +134,7 @@ def open_association(
         try:
             ctx = client_tls_context(peer.tls)
         except (OSError, ssl.SSLError) as e:
-            return Opened(None, Verdict(Outcome.FAIL, f"TLS setup for {where} failed: {e}"))
+            return Opened(None, tls_setup_failed(where, e))
         # no server name (and no SNI) unless the host name is checked: peers are often IPs
         tls_args = (ctx, cast(str, peer.host if peer.tls.check_hostname else None))
     assoc = ae.associate(
@@ -132,12 +157,9 @@ def open_association(
     if tls_error is not None:
         return Opened(None, tls_verdict(tls_error, where, peer.tls))
     if not seen["connected"]:
-        return Opened(None, Verdict(Outcome.RETRY, f"cannot connect to {where}"))
+        return Opened(None, not_connected(where))
     if rejection:
         return Opened(None, describe_rejection(where, rejection[0]))
     if seen["answered"] and not assoc.accepted_contexts:
-        return Opened(
-            None,
-            Verdict(Outcome.FAIL, f"{where} accepted none of the proposed presentation contexts"),
-        )
-    return Opened(None, Verdict(Outcome.RETRY, f"{where} aborted or timed out during association"))
+        return Opened(None, nothing_accepted(where))
+    return Opened(None, aborted(where))

@@ -187,7 +187,7 @@ def _transcode(
             job = pool.submit(transcode_file, str(original), ts, str(target))
         job.add_done_callback(lambda j: _settle(j, staged, target, pool, timed))
     except BaseException as e:  # the future must end, or its sender would wait for ever
-        staged.set_exception(e)
+        _end(staged, e)
 
 
 def _settle(
@@ -210,5 +210,11 @@ def _settle(
             _forget_pool(pool)
         staged.set_exception(error)
     except BaseException as e:  # CancelledError among them
-        if not staged.done():
-            staged.set_exception(RuntimeError(f"the transcoding did not finish: {e!r}"))
+        _end(staged, RuntimeError(f"the transcoding did not finish: {e!r}"))
+
+
+def _end(staged: Future[Path], error: BaseException) -> None:
+    """`staged` fails with `error`, unless it has ended already (its sender may have given up
+    waiting and cancelled it)."""
+    if not staged.done():
+        staged.set_exception(error)

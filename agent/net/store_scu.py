@@ -40,7 +40,14 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from agent.config import Peer
-from agent.net.association import describe_rejection, where_of
+from agent.net.association import (
+    aborted,
+    describe_rejection,
+    not_connected,
+    nothing_accepted,
+    tls_setup_failed,
+    where_of,
+)
 from agent.net.outcome import Outcome, Verdict
 from agent.net.tls import client_tls_context, tls_failure, tls_verdict
 
@@ -114,12 +121,12 @@ def open_store_association(
         try:
             ctx = client_tls_context(peer.tls)
         except (OSError, ssl.SSLError) as e:  # our certificate, key or CA file
-            return None, Verdict(Outcome.FAIL, f"TLS setup for {where} failed: {e}")
+            return None, tls_setup_failed(where, e)
     try:
         sock = socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
-        return None, Verdict(Outcome.RETRY, f"cannot connect to {where}")
+        return None, not_connected(where)
     if ctx is not None:
         try:
             sock = _handshake(sock, ctx, peer)
@@ -136,16 +143,16 @@ def open_store_association(
             sock.close()
             return None, tls_verdict(refusal, where, peer.tls)
         _abort_and_close(sock)  # silent past the ACSE timeout, or not speaking DICOM
-        return None, _aborted(where)
+        return None, aborted(where)
     if kind == _ABORT:  # not answered (PS3.8 9.2, AA-3)
         sock.close()
-        return None, _aborted(where)
+        return None, aborted(where)
     try:
         answer = _answer(kind, pdu, where, proposed)
     except Exception:  # pynetdicom's decoders raise anything (AssertionError, KeyError,
         # struct.error...) on bytes they cannot read: the peer broke the protocol
         _abort_and_close(sock)
-        return None, _aborted(where)
+        return None, aborted(where)
     if isinstance(answer, Verdict):
         sock.close()
         return None, answer
@@ -157,8 +164,7 @@ def open_store_association(
     assoc = StoreAssociation(sock, where, accepted, peer_max, peer)
     if not accepted:
         assoc.release()
-        why = f"{where} accepted none of the proposed presentation contexts"
-        return None, Verdict(Outcome.FAIL, why)
+        return None, nothing_accepted(where)
     return assoc, None
 
 
@@ -192,10 +198,6 @@ def _answer(
         0,
     )
     return accepted, peer_max or 0
-
-
-def _aborted(where: str) -> Verdict:
-    return Verdict(Outcome.RETRY, f"{where} aborted or timed out during association")
 
 
 def _tls_alert(sock: socket.socket, error: Exception) -> Exception | None:
@@ -360,7 +362,6 @@ class StoreAssociation:
             n = min(self._fragment, left)
             if f.readinto(view[_DATA_PDU.size : _DATA_PDU.size + n]) != n:
                 # the file shrank after its check: what went out cannot be completed
-                self.abort()
                 raise AssociationLost(f"the file ended early while being sent to {self.where}")
             left -= n
             _DATA_PDU.pack_into(buffer, 0, _P_DATA, 0, n + 6, n + 2, context_id, _LAST * (not left))
@@ -386,21 +387,18 @@ class StoreAssociation:
             or fields.get(0x0120) != message_id
             or 0x0900 not in fields
         ):
-            self.abort()
             raise AssociationLost(f"{self.where} answered with something else than our C-STORE")
-        if fields.get(0x0800, _NO_DATA_SET) != _NO_DATA_SET:
-            self.abort()  # a C-STORE-RSP has no data set (PS3.7 9.3.1.2)
+        if fields.get(0x0800, _NO_DATA_SET) != _NO_DATA_SET:  # none in a C-STORE-RSP (PS3.7)
             raise AssociationLost(f"{self.where} sent a data set with a C-STORE response")
         return fields[0x0900]
 
     def _unexpected(self, kind: int) -> None:
+        """Raises AssociationLost, which `store` answers with an A-ABORT; not to an A-ABORT."""
         if kind == _ABORT:
             self._close()
             raise AssociationLost(f"{self.where} aborted the association")
         if kind == _RELEASE_RQ:  # not while our operation is outstanding (PS3.8 9.2)
-            self.abort()
             raise AssociationLost(f"{self.where} asked to release during an operation")
-        self.abort()
         raise AssociationLost(f"{self.where} sent an unexpected PDU (type 0x{kind:02X})")
 
     def release(self) -> None:
