@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -188,6 +189,8 @@ def send_with_agent(
     each transfer syntax."""
     from agent.config import Destination
     from agent.delivery import DestinationSender
+    from agent.net.outcome import Outcome
+    from agent.net.sender import SendResult
     from agent.net.staging import Staging
     from agent.spool import DeliveryState, Spool
 
@@ -208,11 +211,11 @@ def send_with_agent(
     )
     with Spool(corpus.spool_dir) as spool:
         uids = [i.sop_instance_uid for i in spool.instances()]
-        sent_in: dict[str, int] = {}
+        sent_in: Counter[str] = Counter()
 
-        def count(result: Any) -> None:
-            if result.transfer_syntax_uid and result.verdict.outcome.value == "ok":
-                sent_in[result.transfer_syntax_uid] = sent_in.get(result.transfer_syntax_uid, 0) + 1
+        def count(result: SendResult) -> None:
+            if result.transfer_syntax_uid and result.verdict.outcome is Outcome.OK:
+                sent_in[result.transfer_syntax_uid] += 1
 
         sender = DestinationSender("CT_BENCH", dest, spool, on_delivery=count)
         # the daemon's pool is warm long before an exam ends: its start is not in the window
@@ -228,4 +231,4 @@ def send_with_agent(
         sender.close()
     if delivered != len(uids):
         raise RuntimeError(f"{run}: {delivered} of {len(uids)} delivered")
-    return seconds, sent_in
+    return seconds, dict(sent_in)
